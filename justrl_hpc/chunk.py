@@ -1,0 +1,453 @@
+"""One chunk on the allocation: the submitit callable every task of the Slurm job runs.
+
+Rank 0 (the driver) brings up Ray, verifies the checkpoint to resume from, runs the trainer with the job's end
+time as verl's deadline, follows its steps and saves, and decides how the chunk ends: finished, stopped for a
+requeue (pre-limit signal, preemption, save-now), or crashed (requeued until too many chunks make no progress).
+Every other rank joins Ray and runs the node agent until the driver is done. Every transition is a ledger event.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from justrl_hpc import ray_cluster, slurm
+from justrl_hpc.deadline_hook import CONTROL_ENV, DEADLINE_ENV
+from justrl_hpc.ledger import Ledger
+from justrl_hpc.recipe import ChunkContext, trainer_command
+from justrl_hpc.rundir import atomic_write, load
+from justrl_hpc.trainer import TrainerProcess, classify_exit
+
+_ACTIVE: dict[str, Driver] = {}
+POLL_S = 0.5
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} justrl-chunk: {msg}", flush=True)
+
+
+@dataclass
+class ChunkInfo:
+    run_dir: Path
+    job_id: str
+    restart: int
+    rank: int
+    nodes: int
+    hostnames: list[str]
+
+    @classmethod
+    def from_env(cls, run_dir: str) -> ChunkInfo:
+        env = submitit.JobEnvironment()
+        return cls(
+            run_dir=Path(run_dir),
+            # A requeued job keeps its id: the chain is one job id, its incarnations counted by Slurm.
+            job_id=str(env.job_id).split("_")[0],
+            restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            rank=env.global_rank,
+            nodes=env.num_nodes,
+            hostnames=list(env.hostnames),
+        )
+
+    @property
+    def control(self) -> Path:
+        return self.run_dir / "control"
+
+    @property
+    def done_file(self) -> Path:
+        return self.control / f"done-{self.job_id}-{self.restart}"
+
+
+class TrainChunk(submitit.helpers.Checkpointable):
+    """What `launch` submits. Pickled by submitit; re-submitted as itself at every requeue."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> str:
+        info = ChunkInfo.from_env(self.run_dir)
+        if info.rank == 0:
+            driver = Driver(info)
+            _ACTIVE["driver"] = driver
+            return driver.run()
+        return run_node(info)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """submitit calls this on rank 0 when Slurm's pre-limit signal (or a USR2 preemption) arrives."""
+        driver = _ACTIVE.get("driver")
+        if driver is not None and not driver.stop_for_requeue():
+            return None  # finished or failed for good: submitit then ends the job instead of requeueing
+        return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal submitit's handler turns into checkpoint() + `scontrol requeue` (USR2 unless overridden)."""
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+
+
+def ip_of_this_node() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def start_agent(info: ChunkInfo) -> subprocess.Popen[bytes] | None:
+    """The node telemetry agent (the monitor's eyes on this node); absent module → none, said once."""
+    if importlib.util.find_spec("justrl_hpc.monitor.agent") is None:
+        log("node agent not available in this code snapshot; no telemetry from this node")
+        return None
+    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    logf = open(info.run_dir / "logs" / f"agent-{host}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "justrl_hpc.monitor.agent", "--run-dir", str(info.run_dir), "--host", host],
+        stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    logf.close()
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def clean_stale(info: ChunkInfo) -> int:
+    """Ray left behind on this node by earlier incarnations of this job (a kill -9'd chunk leaves daemons)."""
+    ended = 0
+    for restart in range(info.restart):
+        ended += ray_cluster.stop(ray_cluster.temp_dir_for(info.job_id, restart))
+    return ended
+
+
+def run_node(info: ChunkInfo) -> str:
+    """Ranks ≥ 1: join the driver's Ray, run the node agent, wait until the driver is done."""
+    resolved = load(info.run_dir)
+    clean_stale(info)
+    agent = start_agent(info)
+    try:
+        head = ray_cluster.read_head(info.control, f"{info.job_id}-{info.restart}",
+                                     timeout_s=resolved.cluster.ray_wait_timeout_s)
+        if head is None:
+            log(f"rank {info.rank}: no Ray head published; the driver will report it")
+            return "no-head"
+        cpus, gpus = resolved.cluster.cpus_per_node, resolved.cluster.gpus_per_node
+        ray_cluster.join(head, info.rank, ip_of_this_node(), resolved.cluster.ray_port, cpus, gpus,
+                         info.run_dir / "logs" / f"ray-{info.job_id}.log")
+        while not info.done_file.exists():
+            time.sleep(1.0)
+        return "done"
+    finally:
+        stop_process(agent)
+
+
+class Driver:
+    """Rank 0 of one chunk."""
+
+    def __init__(self, info: ChunkInfo) -> None:
+        self.info = info
+        self.resolved = load(info.run_dir)
+        self.ledger = Ledger(info.run_dir)
+        events = self.ledger.read()
+        self.chunk = 1 + sum(1 for e in events if e.get("event") == "started")
+        self.first_chunk = not any(e.get("event") == "trainer-started" for e in events)
+        self.target = self.resolved.recipe.total_training_steps
+        self.trainer: TrainerProcess | None = None
+        self.head: ray_cluster.RayHead | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.start_step: int | None = None
+        self.saved_steps: list[int] = []
+        self.stop_reason: str | None = None
+        self.stop_requested_at_step: int | None = None
+        self.ended = False
+        self.end_time = slurm.job_end_time(info.job_id)
+
+    # -- ledger ---------------------------------------------------------------------------------------
+
+    def event(self, name: str, step: int | None = None, **fields: Any) -> None:
+        self.ledger.append(name, job_id=self.info.job_id, chunk=self.chunk, step=step, **fields)
+        where = f" step {step}" if step is not None else ""
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("nodes_list",))
+        log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: {name}{where} {extra}".rstrip())
+
+    # -- the chunk ------------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        info, res = self.info, self.resolved
+        self.event("started", restart=info.restart, nodes=info.nodes, hosts=",".join(info.hostnames),
+                   end_time=self.end_time)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        for name in ("stop", "save-now"):
+            (info.control / name).unlink(missing_ok=True)
+        clean_stale(info)
+        self.agent = start_agent(info)
+        try:
+            outcome = self._bring_up_and_train()
+        finally:
+            self._teardown()
+        return outcome
+
+    def _bring_up_and_train(self) -> str:
+        info, res = self.info, self.resolved
+        t0 = time.time()
+        cpus, gpus = res.cluster.cpus_per_node, res.cluster.gpus_per_node
+        try:
+            self.head = ray_cluster.start_head(info.job_id, info.restart, ip_of_this_node(), res.cluster.ray_port,
+                                               cpus, gpus, info.run_dir / "logs" / f"ray-{info.job_id}.log")
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return self._crashed("crashed-node", f"Ray head did not start: {exc}")
+        ray_cluster.publish_head(info.control, ray_cluster.RayHead(
+            self.head.address, self.head.temp_dir, f"{info.job_id}-{info.restart}"))
+        seen, seen_gpus = ray_cluster.wait_for_nodes(self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s)
+        if seen < info.nodes or seen_gpus < info.nodes * gpus:
+            return self._crashed(
+                "crashed-node",
+                f"Ray saw {seen}/{info.nodes} nodes and {seen_gpus:g}/{info.nodes * gpus} GPUs after "
+                f"{res.cluster.ray_wait_timeout_s} s",
+            )
+        self.event("ray-ready", nodes_seen=seen, gpus_seen=seen_gpus, seconds=round(time.time() - t0, 1))
+
+        from justrl_hpc import checkpoints
+
+        ckpt_dir = info.run_dir / "checkpoints"
+        decision = checkpoints.prepare_resume(ckpt_dir, res.recipe.world_size, ledger=self.ledger)
+        if not decision.ok:
+            self.event("failed", reason=f"no checkpoint to resume from: {decision.reason}")
+            return "failed"
+        self.start_step = decision.step or 0
+        if decision.step is None and not self.first_chunk:
+            log("no checkpoint yet: the trainer starts from step 0")
+        self._retention()
+
+        chunk_ctx = ChunkContext(first_chunk=self.first_chunk, deadline_epoch=self.end_time)
+        env = dict(os.environ)
+        env.update({
+            "RAY_ADDRESS": self.head.address,
+            CONTROL_ENV: str(info.control),
+            "TENSORBOARD_DIR": str(info.run_dir / "tensorboard"),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(info.run_dir / "code"), env.get("PYTHONPATH", "")) if p),
+        })
+        if self.end_time:
+            env[DEADLINE_ENV] = str(int(self.end_time))
+        cmd = trainer_command(res, info.run_dir, chunk_ctx)
+        cmd[0] = sys.executable
+        self.trainer = TrainerProcess(cmd, info.run_dir / "logs" / "trainer.log", ckpt_dir, env)
+        self.trainer.start()
+        self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
+                   seconds_since_start=round(time.time() - t0, 1))
+        return self._supervise()
+
+    def _supervise(self) -> str:
+        assert self.trainer is not None
+        while True:
+            self._follow()
+            if (self.info.control / "save-now").exists() and self.stop_reason is None:
+                self.request_stop("save-now")
+            if self.stop_reason and self._saved_since_stop():
+                return self._requeue_self()
+            code = self.trainer.poll()
+            if code is not None:
+                self._follow()
+                return self._trainer_exited(code)
+            time.sleep(POLL_S)
+
+    def _follow(self) -> None:
+        """Ledger events for steps logged and checkpoints written since the last look."""
+        assert self.trainer is not None
+        for step in self.trainer.new_steps():
+            self.event("step", step=step)
+        tracked = self.trainer.tracker_step()
+        if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0) - 1:
+            from justrl_hpc import checkpoints
+
+            step_dir = self.info.run_dir / "checkpoints" / f"global_step_{tracked}"
+            verdict = checkpoints.verify(step_dir, self.resolved.recipe.world_size)
+            if verdict.ok:
+                self.saved_steps.append(tracked)
+                self.event("saved", step=tracked, bytes=verdict.bytes)
+                self._retention()
+
+    def _saved_since_stop(self) -> bool:
+        """A verified save at or after the step in flight when the stop came, and that step logged."""
+        if not self.saved_steps or self.trainer is None:
+            return False
+        newest = max(self.saved_steps)
+        asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
+        return newest > asked and (self.trainer.last_step or 0) >= newest
+
+    def _retention(self) -> None:
+        from justrl_hpc import checkpoints
+
+        run = self.resolved.run
+        deleted = checkpoints.apply_retention(self.info.run_dir / "checkpoints", self.resolved.recipe.world_size,
+                                              run.keep_last, run.keep_every, protect=set())
+        if deleted:
+            log(f"retention deleted checkpoints {deleted}")
+
+    # -- stopping -------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.stop_requested_at_step = self.trainer.last_step if self.trainer else None
+        atomic_write(self.info.control / "stop", json.dumps({"reason": reason, "time": time.time()}))
+        self.event("stop-requested", step=self.stop_requested_at_step, reason=reason)
+
+    def wait_for_save(self, budget_s: float) -> bool:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            self._follow()
+            if self._saved_since_stop():
+                return True
+            if self.trainer is None or self.trainer.poll() is not None:
+                self._follow()
+                return self._saved_since_stop()
+            time.sleep(POLL_S)
+        return False
+
+    def _save_budget(self, grace_s: float | None = None) -> float:
+        left = (self.end_time - time.time() - 10) if self.end_time else float(self.resolved.cluster.signal_lead_s)
+        if grace_s is not None:
+            left = min(left, grace_s - 10)
+        return max(left, 0.0)
+
+    def stop_for_requeue(self) -> bool:
+        """Pre-limit signal or USR2 preemption: save at the next step, stop, and let submitit requeue.
+
+        Returns False when the run must not be requeued (it already finished or failed for good).
+        """
+        if self.ended:
+            return False
+        timed_out = self.end_time is not None and time.time() >= self.end_time - self.resolved.cluster.signal_lead_s - 90
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.request_stop("time-limit" if timed_out else "preempted")
+            saved = self.wait_for_save(self._save_budget())
+            code = self.trainer.stop()
+            self._follow()
+            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal")
+        self.ended = True
+        self._teardown()
+        spawn_releaser(self.info.job_id)
+        return True
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM-only preemption (submitit ignores SIGTERM): save within the grace, stop, exit.
+
+        Slurm requeues a preempted job itself when the partition says so; a cancelled job stays cancelled.
+        """
+        if self.ended:
+            return
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.request_stop("sigterm")
+            saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
+            code = self.trainer.stop(grace_s=5)
+            self._follow()
+            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        self.ended = True
+        self._teardown()
+        sys.exit(143)
+
+    def _requeue_self(self) -> str:
+        """save-now: the save is done; stop the trainer and requeue through submitit's own path (USR2)."""
+        assert self.trainer is not None
+        code = self.trainer.stop()
+        self._follow()
+        self._exited_event(code, "stopped")
+        self.trainer = None
+        os.kill(os.getpid(), requeue_signal())
+        time.sleep(60)  # submitit's handler requeues and exits the process
+        return "requeued"
+
+    # -- endings --------------------------------------------------------------------------------------
+
+    def _last_saved(self) -> int | None:
+        return max(self.saved_steps) if self.saved_steps else self.start_step
+
+    def _exited_event(self, code: int | None, reason: str) -> None:
+        assert self.trainer is not None
+        steps = self.trainer.steps_seen
+        self.event("trainer-exited", step=self.trainer.last_step, exit_code=code, reason=reason,
+                   first_step=steps[0] if steps else None, last_saved=self._last_saved(),
+                   progress=bool(self.saved_steps))
+
+    def _trainer_exited(self, code: int) -> str:
+        assert self.trainer is not None
+        reached = max(self.saved_steps, default=-1) >= self.target
+        reason = classify_exit(code, reached, self.trainer.log_tail())
+        self._exited_event(code, reason)
+        if reason == "finished":
+            self.event("finished", step=self.target)
+            self.ended = True
+            return "finished"
+        if self.stop_reason and self._saved_since_stop():
+            return self._requeue_self()
+        return self._crashed(reason, f"trainer exited with status {code}")
+
+    def _crashed(self, reason: str, detail: str) -> str:
+        """Requeue after a crash, unless too many chunks in a row made no progress."""
+        events = self.ledger.read()
+        streak = 0
+        for e in reversed(events):
+            if e.get("event") == "trainer-exited":
+                if e.get("progress"):
+                    break
+                streak += 1
+            elif e.get("event") == "chunk-failed" and e.get("job_id") == self.info.job_id:
+                streak += 1
+        if self.trainer is None:  # never got to start the trainer: count this chunk too
+            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason, detail=detail)
+            streak += 1
+        cap = self.resolved.run.max_no_progress_chunks
+        if streak >= cap:
+            self.event("failed", step=self._last_saved(), reason=f"{streak} chunks in a row made no progress; "
+                       f"last: {reason} ({detail}); resubmit with `justrl-hpc launch --resume` after fixing it")
+            self.ended = True
+            return "failed"
+        log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
+        self.stop_reason = reason
+        self.trainer = None
+        os.kill(os.getpid(), requeue_signal())
+        time.sleep(60)
+        return "requeued"
+
+    def _teardown(self) -> None:
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.trainer.stop()
+        try:
+            self.info.done_file.parent.mkdir(parents=True, exist_ok=True)
+            self.info.done_file.touch()
+        except OSError:
+            pass
+        if self.head is not None:
+            ray_cluster.stop(self.head.temp_dir)
+            self.head = None
+        stop_process(self.agent)
+        self.agent = None
+        (self.info.control / "stop").unlink(missing_ok=True)
+
+
+def spawn_releaser(job_id: str) -> None:
+    """Make the requeued job eligible at once instead of after Slurm's ~120 s BeginTime hold.
+
+    It must outlive this job, so it runs in its own session; where the cluster's process tracking (cgroups)
+    ends it with the job anyway, Slurm's hold applies and `launch --wait` releases the job from outside.
+    """
+    subprocess.Popen([sys.executable, "-m", "justrl_hpc.release", job_id], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

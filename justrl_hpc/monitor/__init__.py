@@ -1,0 +1,1 @@
+"""The monitor: reads a run folder, raises alerts, never touches the job."""

@@ -1,0 +1,34 @@
+"""`python -m justrl_hpc.release JOBID`: once a requeued job is PENDING, make it eligible now.
+
+Slurm holds a requeued job ~120 s (Reason=BeginTime); on a free cluster that is the whole requeue gap.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from justrl_hpc import slurm
+
+
+def release_when_pending(job_id: str, timeout_s: float = 180.0, poll_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = slurm.job_state(job_id)
+        if st is not None and st.state == "PENDING":
+            if st.reason == "BeginTime":
+                return slurm.release_now(job_id)
+            return True  # waiting for resources or a dependency: nothing to release
+        time.sleep(poll_s)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m justrl_hpc.release JOBID", file=sys.stderr)
+        return 2
+    return 0 if release_when_pending(argv[0]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

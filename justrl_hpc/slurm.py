@@ -1,0 +1,102 @@
+"""Thin helpers over squeue / scontrol. A missing or failing Slurm answers None, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+@dataclass
+class JobState:
+    job_id: str
+    state: str
+    reason: str
+    end_time: float | None
+    nodes: str
+    restarts: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def _run(args: list[str], timeout: float = 20) -> str | None:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout
+
+
+def _parse_time(text: str) -> float | None:
+    text = text.strip()
+    if not text or text in ("N/A", "Unknown", "NONE"):
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def job_state(job_id: str) -> JobState | None:
+    """State of one job from scontrol (it still knows a job for MinJobAge after it ends)."""
+    out = _run(["scontrol", "show", "job", "-o", str(job_id)])
+    if not out:
+        return None
+    fields: dict[str, str] = {}
+    for token in out.split():
+        key, sep, value = token.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return JobState(
+        job_id=str(job_id),
+        state=fields.get("JobState", "UNKNOWN"),
+        reason=fields.get("Reason", ""),
+        end_time=_parse_time(fields.get("EndTime", "")),
+        nodes=fields.get("NodeList", ""),
+        restarts=int(fields.get("Restarts", "0") or 0),
+    )
+
+
+def job_end_time(job_id: str) -> float | None:
+    """The end time Slurm holds for a running job (its wall-clock deadline), as epoch seconds."""
+    out = _run(["squeue", "-h", "-j", str(job_id), "-o", "%e"])
+    return _parse_time(out) if out else None
+
+
+def release_now(job_id: str) -> bool:
+    """Make a requeued job eligible at once instead of after Slurm's ~120 s BeginTime hold."""
+    return _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"]) is not None
+
+
+def requeue(job_id: str) -> bool:
+    return _run(["scontrol", "requeue", str(job_id)]) is not None
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    out = _run(["scontrol", "show", "hostnames", nodelist])
+    if out:
+        return out.split()
+    return [nodelist] if nodelist else []
+
+
+def current_job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def wait_for_state(job_id: str, states: set[str], timeout_s: float, poll_s: float = 1.0) -> JobState | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = job_state(job_id)
+        if st and st.state in states:
+            return st
+        time.sleep(poll_s)
+    return None

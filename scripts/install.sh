@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs justrl-hpc on a fresh Debian 12 machine: Slurm + munge + tmux from Debian, a venv with the CPU
+# build of torch, verl and the suite. Safe to run again (it only adds what is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v tmux >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slurm-wlm munge tmux >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# torch first and pinned: 2.13.0 is the local CPU build; an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import justrl_hpc, verl, torch, submitit; print('installed: justrl-hpc', justrl_hpc.__version__, '| verl', verl.__version__, '| torch', torch.__version__)"

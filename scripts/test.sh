@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (apt packages, the venv) and runs them. The tests start the dev
+# cluster (a real Slurm on this machine) themselves. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check justrl_hpc tests benchmarks
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

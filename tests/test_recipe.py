@@ -1,0 +1,105 @@
+"""The recipe → verl overrides, checked against verl's own Hydra config (composed on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from justrl_hpc.config import resolve
+from justrl_hpc.recipe import HYPERPARAMETERS, ChunkContext, fmt, overrides
+
+RUN = Path("/scratch/runs/justrl-deepseek-1.5b")
+
+
+def compose(ov: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    spec = importlib.util.find_spec("verl")
+    assert spec is not None and spec.origin
+    cfgdir = os.path.join(os.path.dirname(spec.origin), "trainer", "config")
+    with initialize_config_dir(config_dir=cfgdir, version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=ov)
+
+
+@pytest.fixture(scope="module")
+def deepseek():
+    return resolve("justrl-deepseek-1.5b", "a800-4x8")
+
+
+@pytest.fixture(scope="module")
+def composed(deepseek):
+    return compose(overrides(deepseek, RUN, ChunkContext(first_chunk=False, deadline_epoch=1_900_000_000)))
+
+
+def test_every_published_value_resolves_in_verls_own_config(composed):
+    from omegaconf import OmegaConf
+
+    for key, spec in HYPERPARAMETERS.items():
+        value = OmegaConf.select(composed, key, throw_on_missing=True)
+        assert value == spec.published, f"{key}: verl composed {value!r}, published {spec.published!r}"
+        if spec.published is not None:
+            assert type(value) is type(spec.published), key
+
+
+def test_suite_owned_values_reach_verl(composed, deepseek):
+    from omegaconf import OmegaConf
+
+    sel = lambda k: OmegaConf.select(composed, k)  # noqa: E731
+    assert sel("trainer.total_training_steps") == 4380
+    assert sel("trainer.nnodes") == 4 and sel("trainer.n_gpus_per_node") == 8
+    assert sel("trainer.save_freq") == 50 and sel("trainer.test_freq") == 50
+    assert sel("trainer.resume_mode") == "auto"
+    assert sel("trainer.val_before_train") is False  # not the first chunk
+    assert sel("trainer.experiment_name") == "justrl-deepseek-1.5b"  # no timestamp: resumes find checkpoints
+    assert sel("trainer.default_local_dir") == str(RUN / "checkpoints")
+    assert sel("trainer.max_actor_ckpt_to_keep") is None
+    assert sel("trainer.use_v1") is False  # the legacy trainer honours the deadline
+    assert list(sel("trainer.logger")) == ["console", "tensorboard"]
+    assert sel("reward.custom_reward_function.path") == str(RUN / "code" / "justrl_hpc" / "reward.py")
+    assert sel("reward.custom_reward_function.name") == "compute_score"
+    env = sel("ray_kwargs.ray_init.runtime_env.env_vars")
+    assert env["TENSORBOARD_DIR"] == str(RUN / "tensorboard")
+    assert env["MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"] == 1_900_000_000
+    assert sel("ray_kwargs.ray_init.runtime_env.worker_process_setup_hook") == "justrl_hpc.deadline_hook.install"
+    assert sel("ray_kwargs.ray_init.num_cpus") is None  # attaching to the chunk's Ray cluster
+    assert sel("actor_rollout_ref.model.path") == deepseek.recipe.model_path
+
+
+def test_first_chunk_validates_and_later_ones_do_not(deepseek):
+    first = overrides(deepseek, RUN, ChunkContext(first_chunk=True))
+    later = overrides(deepseek, RUN, ChunkContext(first_chunk=False))
+    assert "trainer.val_before_train=True" in first
+    assert "trainer.val_before_train=False" in later
+
+
+def test_nemotron_differs_only_in_model_and_steps():
+    a = resolve("justrl-deepseek-1.5b", "a800-4x8").recipe
+    b = resolve("justrl-nemotron-1.5b", "a800-4x8").recipe
+    assert b.total_training_steps == 3440 and a.total_training_steps == 4380
+    assert a.hyperparameters == b.hyperparameters
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_a_renamed_key_fails_compose():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose(["actor_rollout_ref.actor.grad_clipping_that_does_not_exist=1.0"])
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [(True, "True"), (None, "null"), (1e-6, "1e-06"), ("a b", "'a b'"), (["x", "y"], "['x','y']"), (3, "3")],
+)
+def test_fmt_reads_back_as_the_same_type(value, expected):
+    assert fmt(value) == expected
+
+
+def test_rehearsal_overrides_compose_too():
+    """The rehearsal speaks the same keys: everything but its own `rehearsal.*` knobs composes in verl."""
+    ov = [o for o in overrides(resolve("rehearsal", "dev"), RUN) if not o.startswith("rehearsal.")]
+    compose(ov)
