@@ -451,3 +451,35 @@ def spawn_releaser(job_id: str) -> None:
     """
     subprocess.Popen([sys.executable, "-m", "justrl_hpc.release", job_id], start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def main(argv: list[str]) -> int:
+    """`srun python -m justrl_hpc.chunk RUN_DIR`: one chunk without submitit (sbatch/train.sbatch).
+
+    Does what submitit's runner does around the callable: on the pre-limit signal, rank 0 checkpoints and
+    requeues the job with `scontrol requeue`; other ranks only note it.
+    """
+    if len(argv) != 1:
+        print("usage: python -m justrl_hpc.chunk RUN_DIR", file=sys.stderr)
+        return 2
+    chunk = TrainChunk(argv[0])
+    rank = int(os.environ.get("SLURM_PROCID", "0"))
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if rank != 0:
+            log(f"rank {rank}: got {signal.Signals(signum).name}; rank 0 saves and requeues")
+            return
+        if chunk.checkpoint() is not None:
+            job_id = os.environ.get("SLURM_JOB_ID", "")
+            if not slurm.requeue(job_id):
+                log(f"scontrol requeue {job_id} failed; resubmit with launch --resume")
+        sys.exit(0)
+
+    signal.signal(requeue_signal(), on_signal)
+    outcome = chunk()
+    log(f"chunk ended: {outcome}")
+    return 0 if outcome in ("finished", "done", "requeued") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="with --resume: accept a changed recipe")
     p.add_argument("--dry-run", action="store_true", help="print the plan; submit nothing, write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
+    p.add_argument("--create-only", action="store_true",
+                   help="create the run folder (config, code snapshot, ledger) and print it; for sbatch/train.sbatch")
     p.add_argument("--wait", action="store_true",
                    help="block, printing one line per ledger event, until the run finishes or stops for good")
     return p
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if d["ready"] else 1
     from justrl_hpc import lifecycle
 
+    if args.create_only:
+        return lifecycle.create_only(resolved, run_dir, d)
     return lifecycle.launch_new(resolved, run_dir, nodes, wait=args.wait, plan=d)
 
 

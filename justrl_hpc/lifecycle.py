@@ -42,11 +42,24 @@ def watch_hint(run_dir: Path, job_id: str) -> str:
     ])
 
 
-def launch_new(resolved: cfg.Resolved, run_dir: Path, nodes: int, wait: bool, plan: dict[str, Any]) -> int:
+def _require_ready(plan: dict[str, Any]) -> None:
     failing = [c for c in plan["checks"] if not c["ok"]]
     if failing:
-        c = failing[0]
-        raise UserError(c["message"], c["name"])
+        raise UserError(failing[0]["message"], failing[0]["name"])
+
+
+def create_only(resolved: cfg.Resolved, run_dir: Path, plan: dict[str, Any]) -> int:
+    _require_ready(plan)
+    with rundir.launch_lock(run_dir):
+        rundir.create(resolved, run_dir, plan)
+        Ledger(run_dir).append("created", job_id=None, chunk=None, recipe=resolved.recipe.name,
+                               fingerprint=resolved.recipe.fingerprint())
+    print(run_dir)
+    return 0
+
+
+def launch_new(resolved: cfg.Resolved, run_dir: Path, nodes: int, wait: bool, plan: dict[str, Any]) -> int:
+    _require_ready(plan)
     with rundir.launch_lock(run_dir):
         existed = run_dir.exists()
         rundir.create(resolved, run_dir, plan)

@@ -13,11 +13,13 @@ from typing import Any
 
 from justrl_hpc.config import Resolved
 
-LOG_SUBDIR = Path("logs") / "submitit"
+# submitit's folder per job id: pickles and logs of each job (appended to across its requeues).
+LOG_SUBDIR = Path("logs") / "submitit" / "%j"
 
 
 def job_name(resolved: Resolved) -> str:
-    return f"justrl-{resolved.run.name}"
+    name = resolved.run.name
+    return name if name.startswith("justrl") else f"justrl-{name}"
 
 
 def chunk_env(resolved: Resolved, run_dir: Path) -> dict[str, str]:
@@ -94,4 +96,4 @@ def sbatch_preview(resolved: Resolved, run_dir: Path, nodes: int) -> str:
 
     params = slurm_parameters(resolved, run_dir, nodes)
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(run_dir / LOG_SUBDIR))])
-    return _make_sbatch_string(command=command, folder=str(run_dir / LOG_SUBDIR / "%j"), **params)
+    return _make_sbatch_string(command=command, folder=str(run_dir / LOG_SUBDIR), **params)

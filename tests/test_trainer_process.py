@@ -1,0 +1,72 @@
+"""Following a trainer from outside: its console step lines, its tracker file, its exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+from justrl_hpc.trainer import TrainerProcess, classify_exit
+
+# A real verl console line (verl/utils/logger/aggregate_logger.py format, via Ray's actor prefix).
+VERL_LINE = ("(TaskRunner pid=812) step:12 - actor/entropy:1.31 - critic/score/mean:-0.2 - "
+             "timing_s/step:301.2 - response_length/mean:7421.5")
+VAL_LINE = "(TaskRunner pid=812) step:50 - val-core/aime24/acc/mean@32:0.29"
+
+
+def test_follows_steps_and_tracker_of_a_real_process(tmp_path):
+    script = textwrap.dedent(f"""
+        import time, os
+        print({VAL_LINE!r}, flush=True)
+        for s in (1, 2, 3):
+            print(f"step:{{s}} - actor/entropy:1.3 - timing_s/step:0.1", flush=True)
+            time.sleep(0.05)
+        os.makedirs({str(tmp_path / 'ckpt')!r}, exist_ok=True)
+        open({str(tmp_path / 'ckpt' / 'latest_checkpointed_iteration.txt')!r}, "w").write("3")
+        print("step:4 - actor/entropy:1.3 - timing_s/st", end="", flush=True)  # a line cut mid-write
+        time.sleep(0.3)
+        print("ep:0.1", flush=True)
+    """)
+    t = TrainerProcess([sys.executable, "-c", script], tmp_path / "logs" / "trainer.log", tmp_path / "ckpt",
+                       dict(os.environ))
+    t.start()
+    seen: list[int] = []
+    while t.poll() is None:
+        seen += t.new_steps()
+    seen += t.new_steps()
+    assert seen == [1, 2, 3, 4]  # the validation line at step 50 is not a training step
+    assert t.tracker_step() == 3
+    assert t.poll() == 0
+
+
+def test_stop_ends_the_whole_process_group(tmp_path):
+    script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(300)']); time.sleep(300)"
+    t = TrainerProcess([sys.executable, "-c", script], tmp_path / "t.log", tmp_path, dict(os.environ))
+    t.start()
+    import time
+
+    import psutil
+
+    time.sleep(1.0)
+    children = psutil.Process(t.pid).children(recursive=True)
+    assert children
+    code = t.stop(grace_s=2)
+    assert code is not None
+    psutil.wait_procs(children, timeout=5)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_step_line_matches_verl():
+    from justrl_hpc.trainer import STEP_LINE
+
+    assert STEP_LINE.search(VERL_LINE).group(1) == "12"
+    assert STEP_LINE.search(VAL_LINE) is None
+
+
+def test_classify_exit():
+    assert classify_exit(0, True, "") == "finished"
+    assert classify_exit(0, False, "") == "exited-early"  # a "resume" that trained nothing is no success
+    assert classify_exit(1, False, "torch.OutOfMemoryError: CUDA out of memory.") == "crashed-oom"
+    assert classify_exit(1, False, "[Rank 3] Watchdog caught collective operation timeout") == "crashed-nccl"
+    assert classify_exit(1, False, "ray.exceptions.NodeDiedError: node abc died") == "crashed-node"
+    assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
