@@ -27,7 +27,7 @@ from justrl_hpc.monitor import nvml
 
 log = logging.getLogger("justrl_hpc.monitor.agent")
 
-DEFAULT_MAX_BYTES = 64 << 20  # ~5 h of 8-GPU samples at 5 s; one rotated file keeps as much again
+DEFAULT_MAX_BYTES = 64 << 20  # ~6 h of 8-GPU samples (~14 kB each) at 5 s; the .1 file keeps as much again
 
 
 def default_host() -> str:
@@ -65,10 +65,15 @@ class HostSampler:
             try:
                 du = psutil.disk_usage(str(path))
             except OSError:
-                out[f"{prefix}_total_bytes"] = out[f"{prefix}_used_bytes"] = out[f"{prefix}_free_bytes"] = None
+                out[f"{prefix}_total_bytes"] = out[f"{prefix}_used_bytes"] = out[f"{prefix}_free_bytes"] = (
+                    None
+                )
                 continue
             out[f"{prefix}_total_bytes"], out[f"{prefix}_used_bytes"], out[f"{prefix}_free_bytes"] = (
-                du.total, du.used, du.free)
+                du.total,
+                du.used,
+                du.free,
+            )
         out["agent_rss_bytes"] = self._proc.memory_info().rss
         out["agent_cpu_percent"] = self._proc.cpu_percent(None)
         return out
@@ -105,6 +110,43 @@ def build_sample(
     return sample
 
 
+def samples_from_recording(
+    path: Path,
+    *,
+    host: str,
+    start: float,
+    host_stats: dict[str, Any] | None = None,
+    interval: float | None = None,
+    job_id: str | None = "1000",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The telemetry lines an agent replaying `path` would have written from `start` on (recording time
+    offsets kept, or a fixed `interval`); for tests and benchmarks."""
+    header, readings = nvml.load_recording(path)
+    step = interval if interval is not None else float(header.get("interval", 5.0))
+    out = []
+    for seq, (offset, reading) in enumerate(readings[:limit]):
+        now = start + (offset if interval is None else seq * interval)
+        events = [
+            {k: v for k, v in e.items() if k != "t"} | {"time": start + e.get("t", offset)}
+            for e in reading.xid_events
+        ]
+        r = nvml.Reading(gpus=reading.gpus, nvml_error=reading.nvml_error, xid_events=events)
+        out.append(
+            build_sample(
+                r,
+                dict(host_stats or {}),
+                host=host,
+                seq=seq,
+                now=now,
+                interval=step,
+                backend="replay",
+                job_id=job_id,
+            )
+        )
+    return out
+
+
 class TelemetryFile:
     """Appends whole lines to <dir>/<host>.jsonl; past max_bytes it renames the file to .1 (replacing the
     older one) and starts a new one, so the disk use per node is bounded by about 2 × max_bytes."""
@@ -133,7 +175,8 @@ class TelemetryFile:
 
     def write(self, sample: dict[str, Any]) -> None:
         data = (json.dumps(sample, separators=(",", ":"), default=str) + "\n").encode()
-        if os.fstat(self._fd).st_size + len(data) > self.max_bytes and os.fstat(self._fd).st_size > 0:
+        size = os.fstat(self._fd).st_size
+        if size > 0 and size + len(data) > self.max_bytes:
             self.rotate()
         # One write() of the whole line on an O_APPEND descriptor: a reader sees all of it or none of it
         # (except the end of the file while the write is in flight, which the tail leaves for next time).
@@ -169,8 +212,14 @@ class Agent:
         host = HostSampler(self.run_dir)
         self.backend.open()
         seq = 0
-        log.info("agent started host=%s job=%s backend=%s interval=%ss file=%s",
-                 self.host, self.job_id, self.backend.name, self.interval, out.path)
+        log.info(
+            "agent started host=%s job=%s backend=%s interval=%ss file=%s",
+            self.host,
+            self.job_id,
+            self.backend.name,
+            self.interval,
+            out.path,
+        )
         next_at = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -196,10 +245,25 @@ class Agent:
         try:
             reading = self.backend.sample()
         except Exception as exc:  # a backend bug must not kill the node's only eyes; it becomes data
-            reading = nvml.Reading(nvml_error={"code": None, "name": "BACKEND_FAILED",
-                                               "message": f"{type(exc).__name__}: {exc}", "where": "sample"})
-        return build_sample(reading, host.sample(), host=self.host, seq=seq, now=time.time(),
-                            interval=self.interval, backend=self.backend.name, job_id=self.job_id, final=final)
+            reading = nvml.Reading(
+                nvml_error={
+                    "code": None,
+                    "name": "BACKEND_FAILED",
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "where": "sample",
+                }
+            )
+        return build_sample(
+            reading,
+            host.sample(),
+            host=self.host,
+            seq=seq,
+            now=time.time(),
+            interval=self.interval,
+            backend=self.backend.name,
+            job_id=self.job_id,
+            final=final,
+        )
 
 
 def record(path: Path, *, interval: float, count: int | None, stop: threading.Event) -> int:
@@ -209,8 +273,10 @@ def record(path: Path, *, interval: float, count: int | None, stop: threading.Ev
     sample = backend.sample()
     if sample.nvml_error is not None and not sample.gpus:
         backend.close()
-        raise UserError(f"NVML is not usable here ({sample.nvml_error['message']}); run --record on a GPU node",
-                        "--record")
+        raise UserError(
+            f"NVML is not usable here ({sample.nvml_error['message']}); run --record on a GPU node",
+            "--record",
+        )
     rec = nvml.Recorder(path, interval=interval, source="nvml", host=default_host())
     n = 0
     try:
@@ -228,17 +294,35 @@ def record(path: Path, *, interval: float, count: int | None, stop: threading.Ev
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m justrl_hpc.monitor.agent", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m justrl_hpc.monitor.agent", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--run-dir", type=Path, help="the run folder; samples go to RUN/telemetry/<host>.jsonl")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
-    p.add_argument("--backend", default="auto",
-                   help="auto (NVML where the NVIDIA library exists), nvml, none, or replay:FILE")
-    p.add_argument("--host", default=None, help="node name for the file (default: SLURMD_NODENAME or hostname)")
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / (1 << 20),
-                   help="rotate the telemetry file past this size (default 64)")
-    p.add_argument("--count", type=int, default=None, help="stop after this many samples (default: until SIGTERM)")
-    p.add_argument("--record", type=Path, default=None, metavar="FILE",
-                   help="record NVML readings to FILE for ReplayBackend instead of running as an agent")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (NVML where the NVIDIA library exists), nvml, none, or replay:FILE",
+    )
+    p.add_argument(
+        "--host", default=None, help="node name for the file (default: SLURMD_NODENAME or hostname)"
+    )
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=DEFAULT_MAX_BYTES / (1 << 20),
+        help="rotate the telemetry file past this size (default 64)",
+    )
+    p.add_argument(
+        "--count", type=int, default=None, help="stop after this many samples (default: until SIGTERM)"
+    )
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="record NVML readings to FILE for ReplayBackend instead of running as an agent",
+    )
     return p.parse_args(argv)
 
 
@@ -251,7 +335,9 @@ def check_args(args: argparse.Namespace) -> nvml.Backend | None:
         raise UserError(f"must be > 0, got {args.max_mb}", "--max-mb")
     if args.record is not None:
         if not args.record.parent.is_dir():
-            raise UserError(f"folder {args.record.parent} does not exist; create it or pick another FILE", "--record")
+            raise UserError(
+                f"folder {args.record.parent} does not exist; create it or pick another FILE", "--record"
+            )
         return None
     if args.run_dir is None:
         raise UserError("is required (the run folder the chunk runs in)", "--run-dir")
@@ -260,7 +346,9 @@ def check_args(args: argparse.Namespace) -> nvml.Backend | None:
     try:
         backend = nvml.make_backend(args.backend)
     except ValueError:
-        raise UserError(f"unknown backend {args.backend!r}; use auto, nvml, none or replay:FILE", "--backend") from None
+        raise UserError(
+            f"unknown backend {args.backend!r}; use auto, nvml, none or replay:FILE", "--backend"
+        ) from None
     if isinstance(backend, nvml.ReplayBackend):
         if not backend.path.is_file():
             raise UserError(f"recording {backend.path} not found", "--backend")
@@ -273,8 +361,9 @@ def check_args(args: argparse.Namespace) -> nvml.Backend | None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     args = parse_args(argv)
     backend = check_args(args)
     stop = threading.Event()
@@ -283,9 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.record is not None:
         return record(args.record, interval=args.interval, count=args.count, stop=stop)
     assert backend is not None
-    agent = Agent(run_dir=args.run_dir, backend=backend, host=args.host or default_host(),
-                  interval=args.interval, max_bytes=int(args.max_mb * (1 << 20)),
-                  job_id=os.environ.get("SLURM_JOB_ID"), stop=stop)
+    agent = Agent(
+        run_dir=args.run_dir,
+        backend=backend,
+        host=args.host or default_host(),
+        interval=args.interval,
+        max_bytes=int(args.max_mb * (1 << 20)),
+        job_id=os.environ.get("SLURM_JOB_ID"),
+        stop=stop,
+    )
     return agent.run(max_samples=args.count)
 
 

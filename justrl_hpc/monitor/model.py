@@ -51,7 +51,9 @@ class Alert:
     time: float = field(default_factory=time.time)
 
     @classmethod
-    def from_finding(cls, run: str, finding: Finding, state: Literal["firing", "resolved"] = "firing") -> Alert:
+    def from_finding(
+        cls, run: str, finding: Finding, state: Literal["firing", "resolved"] = "firing"
+    ) -> Alert:
         return cls(run=run, state=state, **asdict(finding))
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +64,8 @@ class Alert:
 
     def one_line(self) -> str:
         where = "".join(
-            f" {k}={v}" for k, v in (("step", self.step), ("node", self.node), ("gpu", self.gpu)) if v is not None
+            f" {k}={v}"
+            for k, v in (("step", self.step), ("node", self.node), ("gpu", self.gpu))
+            if v is not None
         )
         return f"[{self.severity}] {self.run}: {self.rule} {self.state}{where}: {self.message}"
