@@ -34,8 +34,13 @@ def main() -> int:
             times = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, check=False,
-                               env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                subprocess.run(
+                    [sys.executable, *argv],
+                    cwd=cwd,
+                    capture_output=True,
+                    check=False,
+                    env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                )
                 times.append(time.perf_counter() - t0)
             rows.append((name, statistics.median(times), max(times)))
     print("| command | median s | max s | target |")

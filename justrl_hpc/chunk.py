@@ -27,7 +27,7 @@ from justrl_hpc.deadline_hook import CONTROL_ENV, DEADLINE_ENV
 from justrl_hpc.ledger import Ledger
 from justrl_hpc.recipe import ChunkContext, trainer_command
 from justrl_hpc.rundir import atomic_write, load
-from justrl_hpc.trainer import TrainerProcess, classify_exit
+from justrl_hpc.trainer import TrainerProcess, classify_exit, shield_from_slurm_signals
 
 _ACTIVE: dict[str, Driver] = {}
 POLL_S = 0.5
@@ -111,7 +111,10 @@ def start_agent(info: ChunkInfo) -> subprocess.Popen[bytes] | None:
     logf = open(info.run_dir / "logs" / f"agent-{host}.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "justrl_hpc.monitor.agent", "--run-dir", str(info.run_dir), "--host", host],
-        stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=shield_from_slurm_signals,
     )
     logf.close()
     return proc
@@ -120,7 +123,7 @@ def start_agent(info: ChunkInfo) -> subprocess.Popen[bytes] | None:
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(signal.SIGINT)  # started ignoring SIGTERM
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -141,14 +144,22 @@ def run_node(info: ChunkInfo) -> str:
     clean_stale(info)
     agent = start_agent(info)
     try:
-        head = ray_cluster.read_head(info.control, f"{info.job_id}-{info.restart}",
-                                     timeout_s=resolved.cluster.ray_wait_timeout_s)
+        head = ray_cluster.read_head(
+            info.control, f"{info.job_id}-{info.restart}", timeout_s=resolved.cluster.ray_wait_timeout_s
+        )
         if head is None:
             log(f"rank {info.rank}: no Ray head published; the driver will report it")
             return "no-head"
         cpus, gpus = resolved.cluster.cpus_per_node, resolved.cluster.gpus_per_node
-        ray_cluster.join(head, info.rank, ip_of_this_node(), resolved.cluster.ray_port, cpus, gpus,
-                         info.run_dir / "logs" / f"ray-{info.job_id}.log")
+        ray_cluster.join(
+            head,
+            info.rank,
+            ip_of_this_node(),
+            resolved.cluster.ray_port,
+            cpus,
+            gpus,
+            info.run_dir / "logs" / f"ray-{info.job_id}.log",
+        )
         while not info.done_file.exists():
             time.sleep(1.0)
         return "done"
@@ -183,14 +194,21 @@ class Driver:
         self.ledger.append(name, job_id=self.info.job_id, chunk=self.chunk, step=step, **fields)
         where = f" step {step}" if step is not None else ""
         extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("nodes_list",))
-        log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: {name}{where} {extra}".rstrip())
+        log(
+            f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: {name}{where} {extra}".rstrip()
+        )
 
     # -- the chunk ------------------------------------------------------------------------------------
 
     def run(self) -> str:
-        info, res = self.info, self.resolved
-        self.event("started", restart=info.restart, nodes=info.nodes, hosts=",".join(info.hostnames),
-                   end_time=self.end_time)
+        info, _res = self.info, self.resolved
+        self.event(
+            "started",
+            restart=info.restart,
+            nodes=info.nodes,
+            hosts=",".join(info.hostnames),
+            end_time=self.end_time,
+        )
         signal.signal(signal.SIGTERM, self._on_sigterm)
         for name in ("stop", "save-now"):
             (info.control / name).unlink(missing_ok=True)
@@ -207,13 +225,24 @@ class Driver:
         t0 = time.time()
         cpus, gpus = res.cluster.cpus_per_node, res.cluster.gpus_per_node
         try:
-            self.head = ray_cluster.start_head(info.job_id, info.restart, ip_of_this_node(), res.cluster.ray_port,
-                                               cpus, gpus, info.run_dir / "logs" / f"ray-{info.job_id}.log")
+            self.head = ray_cluster.start_head(
+                info.job_id,
+                info.restart,
+                ip_of_this_node(),
+                res.cluster.ray_port,
+                cpus,
+                gpus,
+                info.run_dir / "logs" / f"ray-{info.job_id}.log",
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return self._crashed("crashed-node", f"Ray head did not start: {exc}")
-        ray_cluster.publish_head(info.control, ray_cluster.RayHead(
-            self.head.address, self.head.temp_dir, f"{info.job_id}-{info.restart}"))
-        seen, seen_gpus = ray_cluster.wait_for_nodes(self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s)
+        ray_cluster.publish_head(
+            info.control,
+            ray_cluster.RayHead(self.head.address, self.head.temp_dir, f"{info.job_id}-{info.restart}"),
+        )
+        seen, seen_gpus = ray_cluster.wait_for_nodes(
+            self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s
+        )
         if seen < info.nodes or seen_gpus < info.nodes * gpus:
             return self._crashed(
                 "crashed-node",
@@ -225,7 +254,9 @@ class Driver:
         from justrl_hpc import checkpoints
 
         ckpt_dir = info.run_dir / "checkpoints"
-        decision = checkpoints.prepare_resume(ckpt_dir, res.recipe.world_size, ledger=self.ledger)
+        decision = checkpoints.prepare_resume(
+            ckpt_dir, res.recipe.world_size, ledger=self.ledger, job_id=info.job_id, chunk=self.chunk
+        )
         if not decision.ok:
             self.event("failed", reason=f"no checkpoint to resume from: {decision.reason}")
             return "failed"
@@ -236,20 +267,28 @@ class Driver:
 
         chunk_ctx = ChunkContext(first_chunk=self.first_chunk, deadline_epoch=self.end_time)
         env = dict(os.environ)
-        env.update({
-            "RAY_ADDRESS": self.head.address,
-            CONTROL_ENV: str(info.control),
-            "TENSORBOARD_DIR": str(info.run_dir / "tensorboard"),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(info.run_dir / "code"), env.get("PYTHONPATH", "")) if p),
-        })
+        env.update(
+            {
+                "RAY_ADDRESS": self.head.address,
+                CONTROL_ENV: str(info.control),
+                "TENSORBOARD_DIR": str(info.run_dir / "tensorboard"),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(info.run_dir / "code"), env.get("PYTHONPATH", "")) if p
+                ),
+            }
+        )
         if self.end_time:
             env[DEADLINE_ENV] = str(int(self.end_time))
         cmd = trainer_command(res, info.run_dir, chunk_ctx)
         cmd[0] = sys.executable
         self.trainer = TrainerProcess(cmd, info.run_dir / "logs" / "trainer.log", ckpt_dir, env)
         self.trainer.start()
-        self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
-                   seconds_since_start=round(time.time() - t0, 1))
+        self.event(
+            "trainer-started",
+            step=self.start_step,
+            pid=self.trainer.pid,
+            seconds_since_start=round(time.time() - t0, 1),
+        )
         return self._supervise()
 
     def _supervise(self) -> str:
@@ -272,7 +311,7 @@ class Driver:
         for step in self.trainer.new_steps():
             self.event("step", step=step)
         tracked = self.trainer.tracker_step()
-        if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0) - 1:
+        if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0):
             from justrl_hpc import checkpoints
 
             step_dir = self.info.run_dir / "checkpoints" / f"global_step_{tracked}"
@@ -294,8 +333,13 @@ class Driver:
         from justrl_hpc import checkpoints
 
         run = self.resolved.run
-        deleted = checkpoints.apply_retention(self.info.run_dir / "checkpoints", self.resolved.recipe.world_size,
-                                              run.keep_last, run.keep_every, protect=set())
+        deleted = checkpoints.apply_retention(
+            self.info.run_dir / "checkpoints",
+            self.resolved.recipe.world_size,
+            run.keep_last,
+            run.keep_every,
+            protect=set(),
+        )
         if deleted:
             log(f"retention deleted checkpoints {deleted}")
 
@@ -322,7 +366,11 @@ class Driver:
         return False
 
     def _save_budget(self, grace_s: float | None = None) -> float:
-        left = (self.end_time - time.time() - 10) if self.end_time else float(self.resolved.cluster.signal_lead_s)
+        left = (
+            (self.end_time - time.time() - 10)
+            if self.end_time
+            else float(self.resolved.cluster.signal_lead_s)
+        )
         if grace_s is not None:
             left = min(left, grace_s - 10)
         return max(left, 0.0)
@@ -334,7 +382,10 @@ class Driver:
         """
         if self.ended:
             return False
-        timed_out = self.end_time is not None and time.time() >= self.end_time - self.resolved.cluster.signal_lead_s - 90
+        timed_out = (
+            self.end_time is not None
+            and time.time() >= self.end_time - self.resolved.cluster.signal_lead_s - 90
+        )
         if self.trainer is not None and self.trainer.poll() is None:
             self.request_stop("time-limit" if timed_out else "preempted")
             saved = self.wait_for_save(self._save_budget())
@@ -383,9 +434,15 @@ class Driver:
     def _exited_event(self, code: int | None, reason: str) -> None:
         assert self.trainer is not None
         steps = self.trainer.steps_seen
-        self.event("trainer-exited", step=self.trainer.last_step, exit_code=code, reason=reason,
-                   first_step=steps[0] if steps else None, last_saved=self._last_saved(),
-                   progress=bool(self.saved_steps))
+        self.event(
+            "trainer-exited",
+            step=self.trainer.last_step,
+            exit_code=code,
+            reason=reason,
+            first_step=steps[0] if steps else None,
+            last_saved=self._last_saved(),
+            progress=bool(self.saved_steps),
+        )
 
     def _trainer_exited(self, code: int) -> str:
         assert self.trainer is not None
@@ -412,12 +469,18 @@ class Driver:
             elif e.get("event") == "chunk-failed" and e.get("job_id") == self.info.job_id:
                 streak += 1
         if self.trainer is None:  # never got to start the trainer: count this chunk too
-            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason, detail=detail)
+            self.ledger.append(
+                "chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason, detail=detail
+            )
             streak += 1
         cap = self.resolved.run.max_no_progress_chunks
         if streak >= cap:
-            self.event("failed", step=self._last_saved(), reason=f"{streak} chunks in a row made no progress; "
-                       f"last: {reason} ({detail}); resubmit with `justrl-hpc launch --resume` after fixing it")
+            self.event(
+                "failed",
+                step=self._last_saved(),
+                reason=f"{streak} chunks in a row made no progress; "
+                f"last: {reason} ({detail}); resubmit with `justrl-hpc launch --resume` after fixing it",
+            )
             self.ended = True
             return "failed"
         log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
@@ -449,8 +512,13 @@ def spawn_releaser(job_id: str) -> None:
     It must outlive this job, so it runs in its own session; where the cluster's process tracking (cgroups)
     ends it with the job anyway, Slurm's hold applies and `launch --wait` releases the job from outside.
     """
-    subprocess.Popen([sys.executable, "-m", "justrl_hpc.release", job_id], start_new_session=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    subprocess.Popen(
+        [sys.executable, "-m", "justrl_hpc.release", job_id],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -8,10 +8,19 @@ import sys
 from justrl_hpc.errors import UserError, cli_entry
 
 VERBS: dict[str, tuple[str, str]] = {
-    "launch": ("justrl_hpc.launch", "submit the run as resumable chunks (same as python -m justrl_hpc.launch)"),
-    "rehearse": ("justrl_hpc.rehearse", "the whole lifecycle on this machine: dev cluster + rehearsal recipe"),
+    "launch": (
+        "justrl_hpc.launch",
+        "submit the run as resumable chunks (same as python -m justrl_hpc.launch)",
+    ),
+    "rehearse": (
+        "justrl_hpc.rehearse",
+        "the whole lifecycle on this machine: dev cluster + rehearsal recipe",
+    ),
     "devcluster": ("justrl_hpc.devcluster", "a real Slurm on this machine: up | down | status"),
-    "prepare-data": ("justrl_hpc.prepare_cli", "DAPO-Math-17k and validation sets -> verl parquet (or --rehearsal)"),
+    "prepare-data": (
+        "justrl_hpc.prepare_cli",
+        "DAPO-Math-17k and validation sets -> verl parquet (or --rehearsal)",
+    ),
     "save-now": ("justrl_hpc.control", "ask a running chunk to save at the next step and requeue"),
     "status": ("justrl_hpc.control", "one screen of where a run stands (ledger + Slurm)"),
     "report": ("justrl_hpc.report", "goodput report of a run (--json for machines)"),

@@ -209,9 +209,7 @@ def build(cls: type, data: Any, where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UserError(
-            f"unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(known))}", f"{where}"
-        )
+        raise UserError(f"unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(known))}", f"{where}")
     kwargs = {}
     for name, value in data.items():
         f = known[name]

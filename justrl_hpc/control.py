@@ -13,8 +13,10 @@ from justrl_hpc.rundir import atomic_write
 
 
 def save_now(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="justrl-hpc save-now",
-                                description="Ask the running chunk to save at the next step boundary, then requeue.")
+    p = argparse.ArgumentParser(
+        prog="justrl-hpc save-now",
+        description="Ask the running chunk to save at the next step boundary, then requeue.",
+    )
     p.add_argument("run", help="run name under runs/ or a run folder")
     args = p.parse_args(argv)
     run_dir = find_run(args.run)
@@ -22,7 +24,9 @@ def save_now(argv: list[str]) -> int:
     if live is None or live.state != "RUNNING":
         raise UserError("no chunk of this run is running; nothing to save", "RUN")
     atomic_write(run_dir / "control" / "save-now", json.dumps({"time": time.time()}))
-    print(f"save requested for job {live.job_id}: the trainer saves at the next step, then the chunk requeues")
+    print(
+        f"save requested for job {live.job_id}: the trainer saves at the next step, then the chunk requeues"
+    )
     return 0
 
 
@@ -35,9 +39,11 @@ def status(argv: list[str]) -> int:
     events = [e for e in Ledger(run_dir).read() if e.get("event") != "step"]
     steps = [e["step"] for e in Ledger(run_dir).read() if e.get("event") == "step"]
     live = live_job(run_dir)
-    print(f"run {run_dir.name}: last step {steps[-1] if steps else '-'}; "
-          + (f"job {live.job_id} {live.state} ({live.reason})" if live else "no job queued or running"))
-    for e in events[-args.n:]:
+    print(
+        f"run {run_dir.name}: last step {steps[-1] if steps else '-'}; "
+        + (f"job {live.job_id} {live.state} ({live.reason})" if live else "no job queued or running")
+    )
+    for e in events[-args.n :]:
         print("  " + format_event(e))
     return 0
 

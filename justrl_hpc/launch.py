@@ -25,21 +25,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit the JustRL run as resumable Slurm chunks (or print the plan with --dry-run).",
     )
     p.add_argument("--nodes", type=int, help="nodes per chunk (must match the recipe's world size)")
-    p.add_argument("--recipe", help=f"recipe name in configs/recipes or a YAML path (default {DEFAULT_RECIPE})")
-    p.add_argument("--cluster", help=f"cluster name in configs/clusters or a YAML path (default {DEFAULT_CLUSTER})")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. run.keep_last=3 (repeatable)")
+    p.add_argument(
+        "--recipe", help=f"recipe name in configs/recipes or a YAML path (default {DEFAULT_RECIPE})"
+    )
+    p.add_argument(
+        "--cluster", help=f"cluster name in configs/clusters or a YAML path (default {DEFAULT_CLUSTER})"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. run.keep_last=3 (repeatable)",
+    )
     p.add_argument("--name", help="run name (default: the recipe's name); the run's identity across requeues")
     p.add_argument("--run-dir", help="where the run folder goes (default runs/<name>)")
-    p.add_argument("--time-limit", type=int, metavar="MINUTES", help="wall clock per chunk (default: the cluster's)")
-    p.add_argument("--resume", metavar="RUN", help="resubmit a run whose chain broke (name under runs/ or a path)")
+    p.add_argument(
+        "--time-limit", type=int, metavar="MINUTES", help="wall clock per chunk (default: the cluster's)"
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", help="resubmit a run whose chain broke (name under runs/ or a path)"
+    )
     p.add_argument("--force", action="store_true", help="with --resume: accept a changed recipe")
     p.add_argument("--dry-run", action="store_true", help="print the plan; submit nothing, write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
-    p.add_argument("--create-only", action="store_true",
-                   help="create the run folder (config, code snapshot, ledger) and print it; for sbatch/train.sbatch")
-    p.add_argument("--wait", action="store_true",
-                   help="block, printing one line per ledger event, until the run finishes or stops for good")
+    p.add_argument(
+        "--create-only",
+        action="store_true",
+        help="create the run folder (config, code snapshot, ledger) and print it; for sbatch/train.sbatch",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="block, printing one line per ledger event, until the run finishes or stops for good",
+    )
     return p
 
 
@@ -110,7 +130,8 @@ def render_plan(d: dict[str, Any], resolved: cfg.Resolved) -> str:
         f"requeue {'on' if res['requeue'] else 'off (dependent-job chain)'}",
         f"steps    {plan['total_steps']} in ~{plan['chunks']} chunks of <= {plan['steps_per_chunk']} steps "
         f"(at ~{r.expected_step_s:g} s/step, {r.expected_startup_s:g} s start-up per chunk)",
-        f"cost     ~{plan['wall_hours']:,} h wall clock, ~{plan['gpu_hours']:,} GPU-hours",
+        f"cost     ~{plan['wall_hours']:,} h wall clock, ~{plan['gpu_hours']:,} "
+        + ("GPU-hours" if res["gpus_per_node"] else "CPU-rank-hours"),
         f"disk     ~{plan['disk_gb']:,} GB of checkpoints ({keep}, ~{r.checkpoint_gb:g} GB each)",
     ]
     for w in d["warnings"]:

@@ -31,15 +31,17 @@ def _submit(resolved: cfg.Resolved, run_dir: Path, nodes: int) -> str:
 
 
 def watch_hint(run_dir: Path, job_id: str) -> str:
-    return "\n".join([
-        f"submitted job {job_id}",
-        f"run folder  {run_dir}",
-        f"follow      python -m justrl_hpc.launch --resume {run_dir} is for a broken chain; to watch:",
-        f"  justrl-monitor {run_dir}",
-        f"  tensorboard --logdir {run_dir / 'tensorboard'}",
-        f"  tail -f {run_dir / 'logs' / 'trainer.log'}",
-        f"  justrl-hpc status {run_dir}",
-    ])
+    return "\n".join(
+        [
+            f"submitted job {job_id}",
+            f"run folder  {run_dir}",
+            f"follow      python -m justrl_hpc.launch --resume {run_dir} is for a broken chain; to watch:",
+            f"  justrl-monitor {run_dir}",
+            f"  tensorboard --logdir {run_dir / 'tensorboard'}",
+            f"  tail -f {run_dir / 'logs' / 'trainer.log'}",
+            f"  justrl-hpc status {run_dir}",
+        ]
+    )
 
 
 def _require_ready(plan: dict[str, Any]) -> None:
@@ -52,8 +54,13 @@ def create_only(resolved: cfg.Resolved, run_dir: Path, plan: dict[str, Any]) -> 
     _require_ready(plan)
     with rundir.launch_lock(run_dir):
         rundir.create(resolved, run_dir, plan)
-        Ledger(run_dir).append("created", job_id=None, chunk=None, recipe=resolved.recipe.name,
-                               fingerprint=resolved.recipe.fingerprint())
+        Ledger(run_dir).append(
+            "created",
+            job_id=None,
+            chunk=None,
+            recipe=resolved.recipe.name,
+            fingerprint=resolved.recipe.fingerprint(),
+        )
     print(run_dir)
     return 0
 
@@ -61,6 +68,14 @@ def create_only(resolved: cfg.Resolved, run_dir: Path, plan: dict[str, Any]) -> 
 def launch_new(resolved: cfg.Resolved, run_dir: Path, nodes: int, wait: bool, plan: dict[str, Any]) -> int:
     _require_ready(plan)
     with rundir.launch_lock(run_dir):
+        if (run_dir / "run.yaml").exists():
+            live = live_job(run_dir)
+            if live is not None:
+                raise UserError(
+                    f"{resolved.run.name} is live as job {live.job_id} ({live.state}); follow it with "
+                    f"`justrl-hpc status {run_dir}`, not a second launch",
+                    "run",
+                )
         existed = run_dir.exists()
         rundir.create(resolved, run_dir, plan)
         try:
@@ -69,8 +84,14 @@ def launch_new(resolved: cfg.Resolved, run_dir: Path, nodes: int, wait: bool, pl
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        Ledger(run_dir).append("submitted", job_id=job_id, chunk=None, nodes=nodes,
-                               recipe=resolved.recipe.name, fingerprint=resolved.recipe.fingerprint())
+        Ledger(run_dir).append(
+            "submitted",
+            job_id=job_id,
+            chunk=None,
+            nodes=nodes,
+            recipe=resolved.recipe.name,
+            fingerprint=resolved.recipe.fingerprint(),
+        )
     print(watch_hint(run_dir, job_id))
     return wait_for(run_dir) if wait else 0
 
@@ -98,8 +119,9 @@ def resume(args: argparse.Namespace) -> int:
     if args.recipe or any(s.startswith("recipe.") for s in args.sets):
         from justrl_hpc.launch import _absolutize
 
-        fresh = cfg.resolve(args.recipe or stored.recipe.name, args.cluster or stored.cluster.name, args.sets,
-                            stored.run.name)
+        fresh = cfg.resolve(
+            args.recipe or stored.recipe.name, args.cluster or stored.cluster.name, args.sets, stored.run.name
+        )
         _absolutize(fresh, Path.cwd())
         if fresh.recipe.fingerprint() != stored.recipe.fingerprint() and not args.force:
             raise UserError(
@@ -118,11 +140,20 @@ def resume(args: argparse.Namespace) -> int:
     with rundir.launch_lock(run_dir):
         live = live_job(run_dir)
         if live is not None:
-            raise UserError(f"job {live.job_id} of this run is still {live.state}; wait for it or scancel it first",
-                            "--resume")
+            raise UserError(
+                f"job {live.job_id} of this run is still {live.state}; wait for it or scancel it first",
+                "--resume",
+            )
         job_id = _submit(stored, run_dir, nodes)
-        Ledger(run_dir).append("submitted", job_id=job_id, chunk=None, nodes=nodes, resumed=True,
-                               recipe=stored.recipe.name, fingerprint=stored.recipe.fingerprint())
+        Ledger(run_dir).append(
+            "submitted",
+            job_id=job_id,
+            chunk=None,
+            nodes=nodes,
+            resumed=True,
+            recipe=stored.recipe.name,
+            fingerprint=stored.recipe.fingerprint(),
+        )
     print(watch_hint(run_dir, job_id))
     return wait_for(run_dir) if args.wait else 0
 
@@ -162,8 +193,11 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
                 gone_since = gone_since or time.monotonic()
                 if time.monotonic() - gone_since > gone_grace_s:
                     state = st.state if st else "gone"
-                    print(f"job {last_job} is {state} and the run did not finish; resubmit with "
-                          f"`python -m justrl_hpc.launch --resume {run_dir}`", file=sys.stderr)
+                    print(
+                        f"job {last_job} is {state} and the run did not finish; resubmit with "
+                        f"`python -m justrl_hpc.launch --resume {run_dir}`",
+                        file=sys.stderr,
+                    )
                     return 1
             else:
                 gone_since = None

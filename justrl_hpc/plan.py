@@ -65,9 +65,11 @@ def make_plan(resolved: Resolved, nodes: int) -> Plan:
             f"lead ({c.signal_lead_s} s) leaves no time for one {r.expected_step_s:.0f} s step; raise the limit",
             "run.time_limit_min" if resolved.run.time_limit_min else "cluster.time_limit_min",
         )
-    if c.signal_lead_s < r.expected_step_s + 60:
+    # ~3 s per GB: a 21 GB JustRL checkpoint takes about a minute to a parallel filesystem.
+    save_s = max(1.0, 3.0 * r.checkpoint_gb)
+    if c.signal_lead_s < r.expected_step_s + save_s:
         warnings.append(
-            f"signal lead {c.signal_lead_s} s is shorter than one step + a save (~{r.expected_step_s + 60:.0f} s): "
+            f"signal lead {c.signal_lead_s} s is shorter than one step + a save (~{r.expected_step_s + save_s:.0f} s): "
             "the deadline save still happens, but a late signal may find no time to save"
         )
     chunks = math.ceil(r.total_training_steps / steps_per_chunk)
@@ -123,7 +125,7 @@ class Check:
 
 def check_files(resolved: Resolved) -> list[Check]:
     """Data and model checks. A failure is reported in the plan and blocks a real submission."""
-    from justrl_hpc.prepare_data import check_rl_parquet
+    from justrl_hpc.datacheck import check_rl_parquet
 
     r = resolved.recipe
     checks: list[Check] = []
@@ -142,10 +144,17 @@ def check_files(resolved: Resolved) -> list[Check]:
         msg = r.model_path if ok else f"{r.model_path} holds no config.json (a Hugging Face model folder)"
         checks.append(Check("recipe.model_path", ok, msg))
     elif r.model_path.count("/") == 1:
-        checks.append(Check("recipe.model_path", True,
-                            f"{r.model_path} is a hub id: compute nodes without network need a local copy"))
+        checks.append(
+            Check(
+                "recipe.model_path",
+                True,
+                f"{r.model_path} is a hub id: compute nodes without network need a local copy",
+            )
+        )
     else:
-        checks.append(Check("recipe.model_path", False, f"{r.model_path} is neither a folder nor a hub id (org/name)"))
+        checks.append(
+            Check("recipe.model_path", False, f"{r.model_path} is neither a folder nor a hub id (org/name)")
+        )
     return checks
 
 
@@ -156,8 +165,12 @@ def check_disk(run_dir: Path, plan: Plan, min_free_gb: float) -> Check:
     free_gb = shutil.disk_usage(probe).free / 1e9
     need = plan.disk_gb + min_free_gb
     if free_gb < need:
-        return Check("disk", False, f"{probe} has {free_gb:,.1f} GB free; retention needs ~{plan.disk_gb:,.1f} GB "
-                     f"+ {min_free_gb:g} GB spare (cluster.min_free_disk_gb)")
+        return Check(
+            "disk",
+            False,
+            f"{probe} has {free_gb:,.1f} GB free; retention needs ~{plan.disk_gb:,.1f} GB "
+            f"+ {min_free_gb:g} GB spare (cluster.min_free_disk_gb)",
+        )
     return Check("disk", True, f"{free_gb:,.1f} GB free on {probe}, ~{need:,.1f} GB needed")
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     if "--rehearsal" in argv:
-        p = argparse.ArgumentParser(prog="justrl-hpc prepare-data --rehearsal",
-                                    description="Write the rehearsal's toy task parquets and tiny base model.")
+        p = argparse.ArgumentParser(
+            prog="justrl-hpc prepare-data --rehearsal",
+            description="Write the rehearsal's toy task parquets and tiny base model.",
+        )
         p.add_argument("--rehearsal", action="store_true", required=True)
         p.add_argument("--out", default="data/rehearsal", help="output folder (default data/rehearsal)")
         p.add_argument("--seed", type=int, default=0)
@@ -17,8 +19,10 @@ def main(argv: list[str]) -> int:
         from justrl_hpc.rehearsal.prepare import prepare
 
         info = prepare(Path(args.out), seed=args.seed)
-        print(f"rehearsal data and base model written to {args.out}: "
-              + ", ".join(f"{k}={v}" for k, v in info.items()))
+        print(
+            f"rehearsal data and base model written to {args.out}: "
+            + ", ".join(f"{k}={v}" for k, v in info.items())
+        )
         return 0
     from justrl_hpc import prepare_data
 

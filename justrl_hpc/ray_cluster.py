@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from justrl_hpc.trainer import shield_from_slurm_signals
+
 _PORT_STRIDE = 40
 
 
@@ -71,9 +73,15 @@ def start_head(
     p = ports(base_port, job_id, 0)
     tmp = temp_dir_for(job_id, restart)
     args = [
-        _ray_bin(), "start", "--head", f"--port={p['gcs']}", f"--temp-dir={tmp}",
-        f"--ray-client-server-port={p['client']}", f"--dashboard-port={p['dashboard']}",
-        "--include-dashboard=false", *_common_args(p, 0, num_cpus, num_gpus, ip),
+        _ray_bin(),
+        "start",
+        "--head",
+        f"--port={p['gcs']}",
+        f"--temp-dir={tmp}",
+        f"--ray-client-server-port={p['client']}",
+        f"--dashboard-port={p['dashboard']}",
+        "--include-dashboard=false",
+        *_common_args(p, 0, num_cpus, num_gpus, ip),
     ]
     _run_logged(args, log)
     return RayHead(address=f"{ip}:{p['gcs']}", temp_dir=tmp, job_id=job_id)
@@ -90,7 +98,14 @@ def _run_logged(args: list[str], log: Path) -> None:
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(args)}\n")
         fh.flush()
-        proc = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, timeout=180, check=False)
+        proc = subprocess.run(
+            args,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=180,
+            check=False,
+            preexec_fn=shield_from_slurm_signals,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"`ray start` exited {proc.returncode} (see {log})")
 
@@ -101,10 +116,10 @@ def count_nodes(address: str, timeout_s: float = 30) -> tuple[int, float, float]
     A subprocess keeps `import ray` and a driver connection out of the long-lived chunk process.
     """
     code = (
-        "import json,ray;ray.init(address=%r,logging_level='ERROR',log_to_driver=False);"
+        f"import json,ray;ray.init(address={address!r},logging_level='ERROR',log_to_driver=False);"
         "n=[x for x in ray.nodes() if x['Alive']];"
         "print(json.dumps([len(n),sum(x['Resources'].get('CPU',0) for x in n),"
-        "sum(x['Resources'].get('GPU',0) for x in n)]))" % address
+        "sum(x['Resources'].get('GPU',0) for x in n)]))"
     )
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
@@ -114,7 +129,9 @@ def count_nodes(address: str, timeout_s: float = 30) -> tuple[int, float, float]
         return 0, 0.0, 0.0
 
 
-def wait_for_nodes(address: str, nodes: int, gpus_per_node: int, timeout_s: float, poll_s: float = 2.0) -> tuple[int, float]:
+def wait_for_nodes(
+    address: str, nodes: int, gpus_per_node: int, timeout_s: float, poll_s: float = 2.0
+) -> tuple[int, float]:
     """Block until Ray sees `nodes` alive nodes (and their GPUs); return (nodes, gpus) last seen.
 
     verl sums GPUs once at start and fails if short; it never waits, so the chunk does.
@@ -169,9 +186,10 @@ def processes_of(temp_dir: str) -> list[psutil.Process]:
 
 
 def kill_tree(procs: list[psutil.Process], grace_s: float = 5.0) -> int:
+    # SIGINT first: the daemons were started ignoring SIGTERM (shield_from_slurm_signals).
     for proc in procs:
         try:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)

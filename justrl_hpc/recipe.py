@@ -70,7 +70,9 @@ HYPERPARAMETERS: dict[str, Hyper] = {
     "actor_rollout_ref.rollout.val_kwargs.n": Hyper(int, 32),
     "actor_rollout_ref.rollout.val_kwargs.temperature": Hyper(float, 0.7),
     "actor_rollout_ref.rollout.val_kwargs.top_p": Hyper(float, 0.9),
-    "reward.reward_manager.name": Hyper(str, "dapo", "overlong penalty off: verl's default overlong_buffer_cfg is None"),
+    "reward.reward_manager.name": Hyper(
+        str, "dapo", "overlong penalty off: verl's default overlong_buffer_cfg is None"
+    ),
     "reward.reward_model.enable": Hyper(bool, False),
 }
 
@@ -107,7 +109,9 @@ def validate(recipe: RecipeConfig) -> None:
     if recipe.trainer == "verl" and recipe.trainer_extra:
         raise UserError("only the rehearsal trainer takes trainer_extra keys", "recipe.trainer_extra")
     if recipe.trainer == "verl" and recipe.device != "cuda":
-        raise UserError("verl's rollouts are CUDA-only; use trainer: rehearsal for device: cpu", "recipe.device")
+        raise UserError(
+            "verl's rollouts are CUDA-only; use trainer: rehearsal for device: cpu", "recipe.device"
+        )
     if recipe.trainer == "verl" and not recipe.model_path:
         raise UserError("a verl recipe needs the model to train (path or hub id)", "recipe.model_path")
     if not recipe.train_files:
@@ -191,7 +195,9 @@ def overrides(resolved: Resolved, run_dir: Path, chunk: ChunkContext | None = No
             f"+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH={fmt(str(code))}",
         ]
         if chunk.deadline_epoch is not None:
-            out.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{DEADLINE_ENV}={int(chunk.deadline_epoch)}")
+            out.append(
+                f"+ray_kwargs.ray_init.runtime_env.env_vars.{DEADLINE_ENV}={int(chunk.deadline_epoch)}"
+            )
     else:
         out += [f"{k}={fmt(v)}" for k, v in recipe.trainer_extra.items()]
     return out
@@ -208,8 +214,14 @@ def fidelity_rows(recipe: RecipeConfig) -> list[tuple[str, str, str, str]]:
     for key, spec in HYPERPARAMETERS.items():
         mine = recipe.hyperparameters.get(key, "(verl default)")
         same = mine == spec.published
-        rows.append((key, fmt(spec.published), fmt(mine) if mine != "(verl default)" else mine,
-                     ("" if same else "DIFFERS ") + spec.note))
+        rows.append(
+            (
+                key,
+                fmt(spec.published),
+                fmt(mine) if mine != "(verl default)" else mine,
+                ("" if same else "DIFFERS ") + spec.note,
+            )
+        )
     for what, note in NOT_EXPRESSIBLE.items():
         rows.append((what, "", "", note))
     return rows

@@ -30,6 +30,8 @@ def main(argv: list[str]) -> int:
         style = "yellow" if note.startswith("DIFFERS") else None
         table.add_row(key, published, mine, note, style=style)
     Console().print(table)
-    print(f"total_training_steps {recipe.total_training_steps} (published: DeepSeek 4380, Nemotron 3440), "
-          f"save_freq {recipe.save_freq}, test_freq {recipe.test_freq}")
+    print(
+        f"total_training_steps {recipe.total_training_steps} (published: DeepSeek 4380, Nemotron 3440), "
+        f"save_freq {recipe.save_freq}, test_freq {recipe.test_freq}"
+    )
     return 0

@@ -17,7 +17,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="justrl-hpc rehearse", description=__doc__.splitlines()[0])
     p.add_argument("--name", help="run name (default rehearsal-<date>-<time>: a fresh run each time)")
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--time-limit", type=int, default=2, metavar="MINUTES", help="wall clock per chunk (default 2)")
+    p.add_argument(
+        "--time-limit", type=int, default=2, metavar="MINUTES", help="wall clock per chunk (default 2)"
+    )
     p.add_argument("--data", default="data/rehearsal", help="where the toy data and base model go")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--no-wait", action="store_true", help="submit and return")
@@ -37,11 +39,24 @@ def main(argv: list[str]) -> int:
     name = args.name or time.strftime("rehearsal-%Y%m%d-%H%M%S")
     from justrl_hpc import launch
 
-    launch_args = ["--recipe", "rehearsal", "--cluster", "dev", "--nodes", str(args.nodes), "--name", name,
-                   "--time-limit", str(args.time_limit),
-                   "--set", f"recipe.model_path={(data / 'model').resolve()}",
-                   "--set", f"recipe.train_files=[{(data / 'train.parquet').resolve()}]",
-                   "--set", f"recipe.val_files=[{(data / 'val.parquet').resolve()}]"]
+    launch_args = [
+        "--recipe",
+        "rehearsal",
+        "--cluster",
+        "dev",
+        "--nodes",
+        str(args.nodes),
+        "--name",
+        name,
+        "--time-limit",
+        str(args.time_limit),
+        "--set",
+        f"recipe.model_path={(data / 'model').resolve()}",
+        "--set",
+        f"recipe.train_files=[{(data / 'train.parquet').resolve()}]",
+        "--set",
+        f"recipe.val_files=[{(data / 'val.parquet').resolve()}]",
+    ]
     for s in args.sets:
         launch_args += ["--set", s]
     if not args.no_wait:

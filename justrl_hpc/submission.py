@@ -43,7 +43,9 @@ def setup_lines(resolved: Resolved, run_dir: Path) -> list[str]:
     return lines
 
 
-def slurm_parameters(resolved: Resolved, run_dir: Path, nodes: int, dependency: str | None = None) -> dict[str, Any]:
+def slurm_parameters(
+    resolved: Resolved, run_dir: Path, nodes: int, dependency: str | None = None
+) -> dict[str, Any]:
     """Parameters of submitit's SlurmExecutor (without the `slurm_` prefix AutoExecutor uses)."""
     c = resolved.cluster
     params: dict[str, Any] = {
@@ -95,5 +97,7 @@ def sbatch_preview(resolved: Resolved, run_dir: Path, nodes: int) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters(resolved, run_dir, nodes)
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(run_dir / LOG_SUBDIR))])
+    command = " ".join(
+        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(run_dir / LOG_SUBDIR))]
+    )
     return _make_sbatch_string(command=command, folder=str(run_dir / LOG_SUBDIR), **params)

@@ -21,11 +21,35 @@ TRACKER = "latest_checkpointed_iteration.txt"
 
 # Crash classes from the tail of the log; the first match wins.
 CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("crashed-oom", re.compile(r"OutOfMemoryError|CUDA out of memory|out of memory|OOM killer|MemoryError", re.I)),
-    ("crashed-nccl", re.compile(r"NCCL|Watchdog caught collective|ProcessGroupNCCL|collective operation timeout")),
-    ("crashed-node", re.compile(r"NodeDiedError|node .* (died|dead)|RaySystemError|GCS .* (unavailable|failed)|"
-                                r"ActorDiedError|Ray cluster .* not .*nodes", re.I)),
+    (
+        "crashed-oom",
+        re.compile(r"OutOfMemoryError|CUDA out of memory|out of memory|OOM killer|MemoryError", re.I),
+    ),
+    (
+        "crashed-nccl",
+        re.compile(r"NCCL|Watchdog caught collective|ProcessGroupNCCL|collective operation timeout"),
+    ),
+    (
+        "crashed-node",
+        re.compile(
+            r"NodeDiedError|node .* (died|dead)|RaySystemError|GCS .* (unavailable|failed)|"
+            r"ActorDiedError|Ray cluster .* not .*nodes",
+            re.I,
+        ),
+    ),
 ]
+
+
+def shield_from_slurm_signals() -> None:
+    """In a child of the chunk: ignore what Slurm sends every process of the job step.
+
+    `--signal=USR2@lead` and a preemption's SIGTERM reach every process of the step, the trainer and Ray's
+    daemons included; their default action kills them before the save the signal asks for. Ignored signals
+    stay ignored across exec, so the trainer and whatever it starts keep working while the chunk driver
+    (which handles both) asks for the save and stops them itself.
+    """
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -47,11 +71,19 @@ class TrainerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._run_start = self._log_offset
         log = open(self.log_path, "ab")  # appended across requeues, like submitit's own logs
-        log.write(f"\n===== trainer start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(self.command)}\n".encode())
+        log.write(
+            f"\n===== trainer start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(self.command)}\n".encode()
+        )
         log.flush()
         # Its own session: the chunk can stop the trainer and everything it forked as one group.
-        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=shield_from_slurm_signals,
+        )
         log.close()
         self.started_at = time.time()
 
@@ -88,10 +120,13 @@ class TrainerProcess:
         return int(text) if text.isdigit() else None
 
     def stop(self, grace_s: float = 20.0) -> int | None:
-        """SIGTERM the trainer's process group, SIGKILL after the grace. Returns the exit status."""
+        """SIGINT the trainer's process group, SIGKILL after the grace. Returns the exit status.
+
+        SIGINT, not SIGTERM: the trainer ignores SIGTERM (see shield_from_slurm_signals).
+        """
         if not self.proc or self.proc.poll() is not None:
             return self.poll()
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:

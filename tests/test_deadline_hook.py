@@ -52,14 +52,19 @@ def test_installed_thread_reacts_within_seconds(tmp_path):
         import threading
         assert sum(t.name == "justrl-deadline-hook" for t in threading.enumerate()) == 1
         assert not should_save_ckpt_esi(max_steps_duration=1.0)
-        open({str(tmp_path / 'stop')!r}, "w").write("x")
+        open({str(tmp_path / "stop")!r}, "w").write("x")
         for _ in range(50):
             if should_save_ckpt_esi(max_steps_duration=1.0):
                 print("SAVE"); break
             time.sleep(0.1)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert "SAVE" in out.stdout, out.stderr
 
 
@@ -89,7 +94,7 @@ def test_ray_worker_setup_hook_reaches_a_remote_actor(tmp_path):
 
         t = Trainer.remote()
         before = ray.get(t.esi.remote())
-        open({str(tmp_path / 'stop')!r}, "w").write("x")
+        open({str(tmp_path / "stop")!r}, "w").write("x")
         after = False
         for _ in range(60):
             if ray.get(t.esi.remote()):

@@ -17,8 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "justrl_hpc.launch", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "justrl_hpc.launch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_dry_run_json_carries_every_published_value(tmp_path):
@@ -63,12 +69,21 @@ BAD = [
     (["--set", "cluster.gpus_per_node=4"], "cluster.gpus_per_node", "FSDP shards"),
     (["--set", "cluster.time_limit_min=-5"], "cluster.time_limit_min", "must be ≥ 1"),
     (["--set", "run.keep_last=0"], "run.keep_last", "must be ≥ 1"),
-    (["--set", "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high=abc"],
-     "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high", "expected a number"),
-    (["--set", "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip=1.0"],
-     "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip", "not a hyperparameter"),
-    (["--set", "recipe.hyperparameters.trainer.save_freq=10"], "recipe.hyperparameters.trainer.save_freq",
-     "set by the suite"),
+    (
+        ["--set", "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high=abc"],
+        "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high",
+        "expected a number",
+    ),
+    (
+        ["--set", "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip=1.0"],
+        "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip",
+        "not a hyperparameter",
+    ),
+    (
+        ["--set", "recipe.hyperparameters.trainer.save_freq=10"],
+        "recipe.hyperparameters.trainer.save_freq",
+        "set by the suite",
+    ),
     (["--set", "recipe.trainer=megatron"], "recipe.trainer", "one of verl, rehearsal"),
     (["--cluster", "dev"], "--cluster", "has no GPUs"),
     (["--name", "my run!"], "run.name", "letters, digits"),
@@ -94,7 +109,9 @@ def test_a_bad_yaml_file_names_its_line(tmp_path):
     bad.write_text("name: x\nhyperparameters: [unclosed\n")
     out = launch("--recipe", str(bad), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.startswith("error: --recipe:") and "line" in out.stderr and "not valid YAML" in out.stderr
+    assert (
+        out.stderr.startswith("error: --recipe:") and "line" in out.stderr and "not valid YAML" in out.stderr
+    )
 
 
 def test_help_is_fast_and_imports_nothing_heavy(tmp_path):

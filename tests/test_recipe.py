@@ -64,7 +64,9 @@ def test_suite_owned_values_reach_verl(composed, deepseek):
     env = sel("ray_kwargs.ray_init.runtime_env.env_vars")
     assert env["TENSORBOARD_DIR"] == str(RUN / "tensorboard")
     assert env["MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"] == 1_900_000_000
-    assert sel("ray_kwargs.ray_init.runtime_env.worker_process_setup_hook") == "justrl_hpc.deadline_hook.install"
+    assert (
+        sel("ray_kwargs.ray_init.runtime_env.worker_process_setup_hook") == "justrl_hpc.deadline_hook.install"
+    )
     assert sel("ray_kwargs.ray_init.num_cpus") is None  # attaching to the chunk's Ray cluster
     assert sel("actor_rollout_ref.model.path") == deepseek.recipe.model_path
 

@@ -46,6 +46,8 @@ def test_verl_reward_loader_accepts_it():
 
     import justrl_hpc.reward as mod
 
-    cfg = OmegaConf.create({"reward": {"custom_reward_function": {"path": mod.__file__, "name": "compute_score"}}})
+    cfg = OmegaConf.create(
+        {"reward": {"custom_reward_function": {"path": mod.__file__, "name": "compute_score"}}}
+    )
     fn = get_custom_reward_fn(cfg)
     assert fn(data_source="math_dapo", solution_str="so \\boxed{9}", ground_truth="9")["score"] == 1.0

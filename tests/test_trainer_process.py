@@ -9,8 +9,10 @@ import textwrap
 from justrl_hpc.trainer import TrainerProcess, classify_exit
 
 # A real verl console line (verl/utils/logger/aggregate_logger.py format, via Ray's actor prefix).
-VERL_LINE = ("(TaskRunner pid=812) step:12 - actor/entropy:1.31 - critic/score/mean:-0.2 - "
-             "timing_s/step:301.2 - response_length/mean:7421.5")
+VERL_LINE = (
+    "(TaskRunner pid=812) step:12 - actor/entropy:1.31 - critic/score/mean:-0.2 - "
+    "timing_s/step:301.2 - response_length/mean:7421.5"
+)
 VAL_LINE = "(TaskRunner pid=812) step:50 - val-core/aime24/acc/mean@32:0.29"
 
 
@@ -21,14 +23,15 @@ def test_follows_steps_and_tracker_of_a_real_process(tmp_path):
         for s in (1, 2, 3):
             print(f"step:{{s}} - actor/entropy:1.3 - timing_s/step:0.1", flush=True)
             time.sleep(0.05)
-        os.makedirs({str(tmp_path / 'ckpt')!r}, exist_ok=True)
-        open({str(tmp_path / 'ckpt' / 'latest_checkpointed_iteration.txt')!r}, "w").write("3")
+        os.makedirs({str(tmp_path / "ckpt")!r}, exist_ok=True)
+        open({str(tmp_path / "ckpt" / "latest_checkpointed_iteration.txt")!r}, "w").write("3")
         print("step:4 - actor/entropy:1.3 - timing_s/st", end="", flush=True)  # a line cut mid-write
         time.sleep(0.3)
         print("ep:0.1", flush=True)
     """)
-    t = TrainerProcess([sys.executable, "-c", script], tmp_path / "logs" / "trainer.log", tmp_path / "ckpt",
-                       dict(os.environ))
+    t = TrainerProcess(
+        [sys.executable, "-c", script], tmp_path / "logs" / "trainer.log", tmp_path / "ckpt", dict(os.environ)
+    )
     t.start()
     seen: list[int] = []
     while t.poll() is None:

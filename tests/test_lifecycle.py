@@ -1,0 +1,185 @@
+"""The run as resumable chunks, on the dev cluster's real Slurm with the rehearsal trainer and real Ray.
+
+Each test launches `python -m justrl_hpc.launch --recipe rehearsal --cluster dev` like a person would and reads
+the outcome from the run folder: the ledger, the checkpoints, the TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def rehearsal_data(tmp_path_factory):
+    from justrl_hpc.rehearsal.prepare import prepare
+
+    out = tmp_path_factory.mktemp("rehearsal-data")
+    prepare(out)
+    return out
+
+
+def launch_args(data: Path, run_dir: Path, *extra: str, steps: int = 24, time_limit: int = 1) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "justrl_hpc.launch",
+        "--recipe",
+        "rehearsal",
+        "--cluster",
+        "dev",
+        "--nodes",
+        "2",
+        "--name",
+        run_dir.name,
+        "--run-dir",
+        str(run_dir),
+        "--time-limit",
+        str(time_limit),
+        "--set",
+        f"recipe.model_path={data / 'model'}",
+        "--set",
+        f"recipe.train_files=[{data / 'train.parquet'}]",
+        "--set",
+        f"recipe.val_files=[{data / 'val.parquet'}]",
+        "--set",
+        f"recipe.total_training_steps={steps}",
+        *extra,
+    ]
+
+
+def run_launch(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ledger(run_dir: Path) -> list[dict]:
+    path = run_dir / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in ledger(run_dir) if e["event"] == name]
+
+
+def tb_steps(run_dir: Path, tag: str = "critic/score/mean") -> list[int]:
+    """Every step at which a tag was logged, across all event files of the run (duplicates kept)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
+        if "monitor" in path.parts or "eval" in path.parts:
+            continue
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    steps.append(event.step)
+    return steps
+
+
+def wait_for_event(run_dir: Path, name: str, timeout: float, **match: object) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "ledger.jsonl").exists():
+            for e in ledger(run_dir):
+                if e["event"] == name and all(e.get(k) == v for k, v in match.items()):
+                    return e
+        time.sleep(0.5)
+    raise AssertionError(f"no {name} {match} in {timeout} s; ledger: {[e['event'] for e in ledger(run_dir)]}")
+
+
+def assert_each_step_once(run_dir: Path, target: int) -> None:
+    steps = tb_steps(run_dir)
+    assert sorted(steps) == list(range(1, target + 1)), f"steps logged: {sorted(steps)}"
+
+
+@pytest.mark.timeout(900)
+def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "chunks"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", steps=30), timeout=880)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    led = ledger(run_dir)
+    requeued = [e for e in led if e["event"] == "requeued"]
+    assert len(requeued) >= 2, [e["event"] for e in led]
+    assert events(run_dir, "finished")[0]["step"] == 30
+    # At every planned chunk end the last trained step was saved: nothing to redo.
+    for e in events(run_dir, "trainer-exited"):
+        if e["reason"] == "stopped":
+            assert e["step"] == e["last_saved"], e
+    step_events = [e["step"] for e in events(run_dir, "step")]
+    assert sorted(step_events) == list(range(1, 31)), step_events
+    assert_each_step_once(run_dir, 30)
+    # Every incarnation of the job resumed where the previous one saved.
+    starts = events(run_dir, "trainer-started")
+    saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]
+    assert [s["step"] for s in starts] == saves_before[: len(starts)]
+    assert "requeued" in out.stdout and "finished" in out.stdout
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_of_the_trainer_resumes_from_the_last_checkpoint(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "kill9"
+    proc = subprocess.Popen(
+        launch_args(rehearsal_data, run_dir, "--wait", steps=16, time_limit=3),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    wait_for_event(run_dir, "saved", timeout=240)
+    started = events(run_dir, "trainer-started")[0]
+    os.kill(started["pid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=540)
+    assert proc.returncode == 0, out[-4000:]
+    exits = events(run_dir, "trainer-exited")
+    assert exits[0]["reason"] == "crashed-other" and exits[0]["exit_code"] == -9
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == exits[0]["last_saved"]
+    assert events(run_dir, "finished")
+
+
+@pytest.mark.timeout(600)
+def test_a_trainer_that_crashes_at_start_stops_the_chain(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "crashloop"
+    out = run_launch(
+        launch_args(
+            rehearsal_data,
+            run_dir,
+            "--wait",
+            "--set",
+            "recipe.trainer_extra.rehearsal.crash_at_step=1",
+            "--set",
+            "run.max_no_progress_chunks=2",
+        ),
+        timeout=580,
+    )
+    assert out.returncode == 1, out.stdout[-3000:]
+    failed = events(run_dir, "failed")
+    assert len(failed) == 1 and "2 chunks in a row made no progress" in failed[0]["reason"]
+    assert len(events(run_dir, "trainer-started")) == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_second_launch_of_a_live_run_is_refused(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "twice"
+    first = run_launch(launch_args(rehearsal_data, run_dir, steps=200, time_limit=3), timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = run_launch(launch_args(rehearsal_data, run_dir, steps=200, time_limit=3), timeout=120)
+    assert (
+        again.returncode == 2 and again.stderr.startswith("error: run:") and "is live as job" in again.stderr
+    )
+    resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir)], timeout=120)
+    assert resume.returncode == 2 and "is still" in resume.stderr, resume.stderr
+    job = events(run_dir, "submitted")[0]["job_id"]
+    subprocess.run(["scancel", str(job)], check=False)
