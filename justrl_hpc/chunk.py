@@ -131,11 +131,13 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def clean_stale(info: ChunkInfo) -> int:
-    """Ray left behind on this node by earlier incarnations of this job (a kill -9'd chunk leaves daemons)."""
-    ended = 0
-    for restart in range(info.restart):
-        ended += ray_cluster.stop(ray_cluster.temp_dir_for(info.job_id, restart))
-    return ended
+    """End Ray left on this node by earlier incarnations of this job or by jobs that are gone."""
+    active = set(slurm.active_job_ids())
+    active.add(info.job_id)
+    procs = ray_cluster.stale_processes(info.job_id, info.restart, active)
+    if procs:
+        log(f"ending {len(procs)} stale Ray processes left by earlier chunks on this node")
+    return ray_cluster.kill_tree(procs)
 
 
 def run_node(info: ChunkInfo) -> str:
@@ -145,7 +147,7 @@ def run_node(info: ChunkInfo) -> str:
     agent = start_agent(info)
     try:
         head = ray_cluster.read_head(
-            info.control, f"{info.job_id}-{info.restart}", timeout_s=resolved.cluster.ray_wait_timeout_s
+            info.control, info.job_id, info.restart, timeout_s=resolved.cluster.ray_wait_timeout_s
         )
         if head is None:
             log(f"rank {info.rank}: no Ray head published; the driver will report it")
@@ -236,10 +238,7 @@ class Driver:
             )
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return self._crashed("crashed-node", f"Ray head did not start: {exc}")
-        ray_cluster.publish_head(
-            info.control,
-            ray_cluster.RayHead(self.head.address, self.head.temp_dir, f"{info.job_id}-{info.restart}"),
-        )
+        ray_cluster.publish_head(info.control, self.head, info.restart)
         seen, seen_gpus = ray_cluster.wait_for_nodes(
             self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s
         )
@@ -392,6 +391,9 @@ class Driver:
             code = self.trainer.stop()
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        if not self.saved_steps and self._give_up(self.stop_reason or "signal", "the chunk ended before a save"):
+            self._teardown()
+            return False
         self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal")
         self.ended = True
         self._teardown()
@@ -413,6 +415,8 @@ class Driver:
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
         self.ended = True
         self._teardown()
+        # A preemption with PreemptMode=REQUEUE brings the job back after Slurm's hold; release it early.
+        spawn_releaser(self.info.job_id)
         sys.exit(143)
 
     def _requeue_self(self) -> str:
@@ -457,37 +461,39 @@ class Driver:
             return self._requeue_self()
         return self._crashed(reason, f"trainer exited with status {code}")
 
+    def _no_progress_streak(self) -> int:
+        """Chunks started since the last verified save (or since the last submission), this one included."""
+        streak = 0
+        for e in reversed(self.ledger.read()):
+            if e.get("event") in ("saved", "submitted"):
+                break
+            if e.get("event") == "started":
+                streak += 1
+        return streak
+
+    def _give_up(self, reason: str, detail: str) -> bool:
+        """True (and a `failed` event) when too many chunks in a row ended without a new checkpoint."""
+        streak, cap = self._no_progress_streak(), self.resolved.run.max_no_progress_chunks
+        if streak < cap:
+            log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
+            return False
+        self.event("failed", step=self._last_saved(),
+                   reason=f"{streak} chunks in a row made no progress; last: {reason} ({detail}); "
+                   "resubmit with `python -m justrl_hpc.launch --resume RUN` after fixing it")
+        self.ended = True
+        return True
+
     def _crashed(self, reason: str, detail: str) -> str:
         """Requeue after a crash, unless too many chunks in a row made no progress."""
-        events = self.ledger.read()
-        streak = 0
-        for e in reversed(events):
-            if e.get("event") == "trainer-exited":
-                if e.get("progress"):
-                    break
-                streak += 1
-            elif e.get("event") == "chunk-failed" and e.get("job_id") == self.info.job_id:
-                streak += 1
-        if self.trainer is None:  # never got to start the trainer: count this chunk too
-            self.ledger.append(
-                "chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason, detail=detail
-            )
-            streak += 1
-        cap = self.resolved.run.max_no_progress_chunks
-        if streak >= cap:
-            self.event(
-                "failed",
-                step=self._last_saved(),
-                reason=f"{streak} chunks in a row made no progress; "
-                f"last: {reason} ({detail}); resubmit with `justrl-hpc launch --resume` after fixing it",
-            )
-            self.ended = True
+        if self.trainer is None:  # never got to start the trainer
+            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason,
+                               detail=detail)
+        if self._give_up(reason, detail):
             return "failed"
-        log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
         self.stop_reason = reason
         self.trainer = None
         os.kill(os.getpid(), requeue_signal())
-        time.sleep(60)
+        time.sleep(60)  # submitit's handler requeues and exits the process
         return "requeued"
 
     def _teardown(self) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -146,14 +148,15 @@ def wait_for_nodes(
     return seen, gpus
 
 
-def publish_head(control_dir: Path, head: RayHead) -> None:
+def publish_head(control_dir: Path, head: RayHead, restart: int) -> None:
+    """Tell the other ranks where the head is (they may not resolve node names; the shared run folder works)."""
     from justrl_hpc.rundir import atomic_write
 
-    atomic_write(control_dir / f"ray-{head.job_id}.json", json.dumps(asdict(head)))
+    atomic_write(control_dir / f"ray-{head.job_id}-{restart}.json", json.dumps(asdict(head)))
 
 
-def read_head(control_dir: Path, job_id: str, timeout_s: float) -> RayHead | None:
-    path = control_dir / f"ray-{job_id}.json"
+def read_head(control_dir: Path, job_id: str, restart: int, timeout_s: float) -> RayHead | None:
+    path = control_dir / f"ray-{job_id}-{restart}.json"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.is_file():
@@ -165,16 +168,46 @@ def read_head(control_dir: Path, job_id: str, timeout_s: float) -> RayHead | Non
     return None
 
 
+_TEMP_DIR = re.compile(r"/tmp/justrl-ray-(\d+)-(\d+)")
+
+
 def processes_of(temp_dir: str) -> list[psutil.Process]:
     """This job's Ray daemons (their command lines name the temp dir) and everything they started."""
+    return _with_children(_matching(lambda cmd: temp_dir in cmd))
+
+
+def stale_processes(job_id: str, restart: int, active_jobs: set[str]) -> list[psutil.Process]:
+    """Ray left on this node by an earlier incarnation of this job or by a job that no longer runs.
+
+    A chunk killed hard (SIGKILL, node trouble) never tears down its Ray: the daemons, started in their own
+    sessions, outlive the job and hold ports and memory the next chunk needs.
+    """
+
+    def stale(cmd: str) -> bool:
+        m = _TEMP_DIR.search(cmd)
+        if not m:
+            return False
+        other_job, other_restart = m.group(1), int(m.group(2))
+        if other_job == job_id:
+            return other_restart < restart
+        return other_job not in active_jobs
+
+    return _with_children(_matching(stale))
+
+
+def _matching(pred: Any) -> list[psutil.Process]:
     roots = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if temp_dir in cmd and proc.pid != os.getpid():
+        if proc.pid != os.getpid() and pred(cmd):
             roots.append(proc)
+    return roots
+
+
+def _with_children(roots: list[psutil.Process]) -> list[psutil.Process]:
     found = {p.pid: p for p in roots}
     for proc in roots:
         try:

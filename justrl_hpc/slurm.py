@@ -100,6 +100,12 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return [nodelist] if nodelist else []
 
 
+def active_job_ids() -> list[str]:
+    """Jobs Slurm still has queued or running (all users visible to this one)."""
+    out = _run(["squeue", "-h", "-o", "%i"])
+    return [line.split("_")[0] for line in out.split()] if out else []
+
+
 def current_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 

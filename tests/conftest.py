@@ -28,3 +28,13 @@ def devcluster() -> Iterator[_devcluster.ClusterStatus]:
                 os.environ.pop("SLURM_CONF", None)
             else:
                 os.environ["SLURM_CONF"] = before
+
+
+@pytest.fixture(scope="session")
+def rehearsal_data(tmp_path_factory):
+    """The rehearsal's toy data and tiny base model, made once per session (~12 s)."""
+    from justrl_hpc.rehearsal.prepare import prepare
+
+    out = tmp_path_factory.mktemp("rehearsal-data")
+    prepare(out)
+    return out

@@ -1,0 +1,105 @@
+"""Faults a 15-day run meets, injected on the dev cluster: each ends with nothing lost.
+
+The fast subset runs in CI; `scripts/fault-suite.sh` repeats the random ones with many seeds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_lifecycle import REPO, events, launch_args, ledger, run_launch, tb_steps, wait_for_event
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+SEEDS = [int(s) for s in os.environ.get("JUSTRL_FAULT_SEEDS", "1").split(",")]
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_only_preemption_saves_and_a_resume_loses_nothing(devcluster, rehearsal_data, tmp_path):
+    """Clusters that preempt with SIGTERM alone (submitit ignores it): the chunk saves within the grace."""
+    run_dir = tmp_path / "sigterm"
+    out = run_launch(launch_args(rehearsal_data, run_dir, steps=40, time_limit=5), timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = events(run_dir, "submitted")[0]["job_id"]
+    wait_for_event(run_dir, "step", timeout=240, step=8)
+    subprocess.run(["scancel", "--signal=TERM", "--full", str(job)], check=True)
+    stop = wait_for_event(run_dir, "stop-requested", timeout=60)
+    assert stop["reason"] == "sigterm"
+    exited = wait_for_event(run_dir, "trainer-exited", timeout=60)
+    assert exited["reason"] == "stopped" and exited["last_saved"] == exited["step"], exited
+    subprocess.run(["scancel", str(job)], check=False)
+    # Nobody requeued it (a SIGTERM may be a cancel): the one command that continues the chain.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True).stdout.strip()
+        if not st:
+            break
+        time.sleep(1)
+    resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"], timeout=400)
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-2000:]
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == exited["last_saved"]
+    assert sorted(tb_steps(run_dir)) == list(range(1, 41))  # each step logged once: nothing lost or redone
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kill_during_a_checkpoint_write_is_never_resumed_from(devcluster, rehearsal_data, tmp_path, seed):
+    rng = random.Random(seed)
+    crash_step = rng.randint(3, 9)
+    run_dir = tmp_path / f"tornsave-{seed}"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=2", "--set",
+                                 f"recipe.trainer_extra.rehearsal.crash_during_save_at_step={crash_step}",
+                                 steps=14, time_limit=3), timeout=580)
+    assert out.returncode == 0, out.stdout[-3000:]
+    skipped = events(run_dir, "checkpoint-skipped")
+    assert [e["step"] for e in skipped] == [crash_step], skipped
+    assert skipped[0]["reason"].startswith(("missing", "empty", "truncated"))
+    first_exit = events(run_dir, "trainer-exited")[0]
+    assert first_exit["exit_code"] == -9
+    resumed = events(run_dir, "trainer-started")[1]["step"]
+    assert resumed < crash_step and resumed == max(s for s in range(0, crash_step, 2))
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "14"
+    assert sorted(set(tb_steps(run_dir))) == list(range(1, 15))
+
+
+@pytest.mark.timeout(600)
+def test_outside_requeue_is_a_preemption_that_resumes(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "requeue"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=30, time_limit=5))
+    wait_for_event(run_dir, "saved", timeout=240)
+    job = events(run_dir, "submitted")[0]["job_id"]
+    subprocess.run(["scontrol", "requeue", str(job)], check=True)
+    out, _ = proc.communicate(timeout=560)
+    assert proc.returncode == 0, out[-4000:]
+    starts = events(run_dir, "started")
+    assert len(starts) >= 2 and starts[1]["restart"] >= 1
+    first_exit = events(run_dir, "trainer-exited")[0]
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == first_exit["last_saved"]
+    assert events(run_dir, "finished")[0]["step"] == 30
+    assert set(tb_steps(run_dir)) == set(range(1, 31))
+
+
+@pytest.mark.timeout(300)
+def test_preemption_during_ray_bring_up_requeues(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "early"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=6, time_limit=3))
+    wait_for_event(run_dir, "started", timeout=120)
+    job = events(run_dir, "submitted")[0]["job_id"]
+    os.kill(int(events(run_dir, "started")[0]["pid"]), signal.SIGUSR2)  # what a USR2 preemption delivers
+    out, _ = proc.communicate(timeout=280)
+    assert proc.returncode == 0, out[-3000:]
+    names = [e["event"] for e in ledger(run_dir)]
+    assert names.index("requeued") < names.index("finished")
+    assert str(job) in out
