@@ -38,7 +38,9 @@ def chunk_env(resolved: Resolved, run_dir: Path) -> dict[str, str]:
 
 
 def setup_lines(resolved: Resolved, run_dir: Path) -> list[str]:
-    lines = list(resolved.cluster.setup)
+    # A SIGTERM-only preemption signals the batch shell too; if it died, Slurm would end the job at once and
+    # the chunk could not save within the grace. Slurm's SIGKILL after the grace still ends everything.
+    lines = ["trap '' TERM", *resolved.cluster.setup]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(chunk_env(resolved, run_dir).items())]
     return lines
 

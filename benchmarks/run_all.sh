@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every benchmark and appends the results, with the machine and date, to BENCHMARKS.md.
+#   bash benchmarks/run_all.sh            (about 10 minutes; starts the dev cluster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+out=$(mktemp)
+{
+  echo
+  echo "## $(date -u +%Y-%m-%d) on $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  echo
+  echo "### CLI (\`$PY benchmarks/bench_cli.py\`)"
+  echo
+  $PY benchmarks/bench_cli.py
+  echo
+  echo "### Chunk lifecycle on the dev cluster (\`$PY benchmarks/bench_lifecycle.py\`)"
+  echo
+  $PY benchmarks/bench_lifecycle.py
+  if [ -f benchmarks/bench_tbreader.py ]; then
+    echo
+    echo "### TensorBoard ingest (\`$PY benchmarks/bench_tbreader.py\`)"
+    echo
+    $PY benchmarks/bench_tbreader.py
+  fi
+  echo
+  echo "### Node agent and GPU rules (\`$PY benchmarks/bench_agent.py\`)"
+  echo
+  $PY benchmarks/bench_agent.py
+} | tee "$out"
+cat "$out" >> BENCHMARKS.md
+rm -f "$out"
