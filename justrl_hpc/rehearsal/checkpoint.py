@@ -155,7 +155,9 @@ class CheckpointWriter:
         (actor_dir / "fsdp_config.json").write_text(
             json.dumps({"FSDP_version": 2, "world_size": self.world_size}, indent=4)
         )
-        if self.crash_at is not None and step == self.crash_at:
+        marker = self.root / f".crash_injected_at_{step}"
+        if self.crash_at is not None and step == self.crash_at and not marker.exists():
+            marker.touch()  # a one-off fault: the resumed run saves this step normally
             print(
                 f"rehearsal: rehearsal.crash_during_save_at_step={step}: SIGKILL after the rank shards",
                 flush=True,
