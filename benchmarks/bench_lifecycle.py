@@ -50,7 +50,10 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--time-limit", type=int, default=2)
     p.add_argument("--naive-save-freq", type=int, default=10)
+    p.add_argument("--from-run", type=Path, help="read a finished run folder instead of launching one")
     args = p.parse_args()
+    if args.from_run:
+        return report(args.from_run, args, wall=None)
     from justrl_hpc import devcluster
     from justrl_hpc.rehearsal.prepare import prepare
 
@@ -70,7 +73,14 @@ def main() -> int:
     if out.returncode != 0:
         print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
         return 1
+    return report(run_dir, args, wall)
+
+
+def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
     events = Ledger(run_dir).read()
+    if wall is None:
+        wall = parse_time(events[-1]["time"]) - parse_time(events[0]["time"])
+    steps = max((e["step"] for e in events if e["event"] == "step"), default=0)
     chunks = chunks_of(events)
     rows = []
     for i, c in enumerate(chunks, 1):
@@ -91,7 +101,7 @@ def main() -> int:
             "lost": lost,
             "naive_lost": naive_lost,
         })
-    print(f"Rehearsal run of {args.steps} steps, {args.time_limit}-minute chunks, 2 dev-cluster nodes: "
+    print(f"Rehearsal run {run_dir.name} of {steps} steps, 2 dev-cluster nodes: "
           f"{len(chunks)} chunks, {wall:.0f} s from submit to finished.\n")
     print("| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → job end s "
           "| requeue gap s | last step | ended | steps lost (suite) | steps lost (naive, save every "

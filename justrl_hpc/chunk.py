@@ -260,6 +260,11 @@ class Driver:
             self.event("failed", reason=f"no checkpoint to resume from: {decision.reason}")
             return "failed"
         self.start_step = decision.step or 0
+        if self.start_step >= self.target:
+            # The previous chunk saved the target step as it was being stopped: nothing left to train.
+            self.event("finished", step=self.start_step, note="target already saved")
+            self.ended = True
+            return "finished"
         if decision.step is None and not self.first_chunk:
             log("no checkpoint yet: the trainer starts from step 0")
         self._retention()
@@ -391,6 +396,11 @@ class Driver:
             code = self.trainer.stop()
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        if self._reached_target():
+            self.event("finished", step=self._last_saved())
+            self.ended = True
+            self._teardown()
+            return False
         if not self.saved_steps and self._give_up(self.stop_reason or "signal", "the chunk ended before a save"):
             self._teardown()
             return False
@@ -426,11 +436,18 @@ class Driver:
         self._follow()
         self._exited_event(code, "stopped")
         self.trainer = None
+        if self._reached_target():
+            self.event("finished", step=self._last_saved())
+            self.ended = True
+            return "finished"
         os.kill(os.getpid(), requeue_signal())
         time.sleep(60)  # submitit's handler requeues and exits the process
         return "requeued"
 
     # -- endings --------------------------------------------------------------------------------------
+
+    def _reached_target(self) -> bool:
+        return max(self.saved_steps, default=self.start_step or 0) >= self.target
 
     def _last_saved(self) -> int | None:
         return max(self.saved_steps) if self.saved_steps else self.start_step
@@ -450,7 +467,7 @@ class Driver:
 
     def _trainer_exited(self, code: int) -> str:
         assert self.trainer is not None
-        reached = max(self.saved_steps, default=-1) >= self.target
+        reached = self._reached_target()
         reason = classify_exit(code, reached, self.trainer.log_tail())
         self._exited_event(code, reason)
         if reason == "finished":

@@ -31,7 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: justrl-hpc VERB [options]", "", "verbs:"]
     lines += [f"  {verb:<13} {text}" for verb, (_, text) in VERBS.items()]
-    lines += ["", "`justrl-hpc VERB --help` for a verb's options; `justrl-monitor` is the dashboard."]
+    lines += ["", "`justrl-hpc VERB --help` for a verb's options."]
     return "\n".join(lines)
 
 

@@ -31,17 +31,15 @@ def _submit(resolved: cfg.Resolved, run_dir: Path, nodes: int) -> str:
 
 
 def watch_hint(run_dir: Path, job_id: str) -> str:
-    return "\n".join(
-        [
-            f"submitted job {job_id}",
-            f"run folder  {run_dir}",
-            f"follow      python -m justrl_hpc.launch --resume {run_dir} is for a broken chain; to watch:",
-            f"  justrl-monitor {run_dir}",
-            f"  tensorboard --logdir {run_dir / 'tensorboard'}",
-            f"  tail -f {run_dir / 'logs' / 'trainer.log'}",
-            f"  justrl-hpc status {run_dir}",
-        ]
-    )
+    return "\n".join([
+        f"submitted job {job_id}",
+        f"run folder  {run_dir}",
+        "watch it:",
+        f"  justrl-hpc status {run_dir}",
+        f"  tensorboard --logdir {run_dir / 'tensorboard'}",
+        f"  tail -f {run_dir / 'logs' / 'trainer.log'}",
+        f"if the chain breaks: python -m justrl_hpc.launch --resume {run_dir}",
+    ])
 
 
 def _require_ready(plan: dict[str, Any]) -> None:
