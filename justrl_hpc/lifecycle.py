@@ -172,6 +172,7 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
     ledger = Ledger(run_dir)
     offset = 0
     gone_since: float | None = None
+    held_since: float | None = None
     last_job: str | None = None
     while True:
         events, offset = ledger.tail(offset)
@@ -186,7 +187,12 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
         if last_job:
             st = slurm.job_state(last_job)
             if st is not None and st.state == "PENDING" and st.reason == "BeginTime":
-                slurm.release_now(last_job)
+                # Only once the chunk's own releaser had its chance (see release.py: credential revocation).
+                held_since = held_since or time.monotonic()
+                if time.monotonic() - held_since > 5:
+                    slurm.release_now(last_job)
+            else:
+                held_since = None
             if st is None or not st.active:
                 gone_since = gone_since or time.monotonic()
                 if time.monotonic() - gone_since > gone_grace_s:
