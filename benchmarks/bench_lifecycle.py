@@ -103,8 +103,8 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
         })
     print(f"Rehearsal run {run_dir.name} of {steps} steps, 2 dev-cluster nodes: "
           f"{len(chunks)} chunks, {wall:.0f} s from submit to finished.\n")
-    print("| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → job end s "
-          "| requeue gap s | last step | ended | steps lost (suite) | steps lost (naive, save every "
+    print("| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → requeue issued s "
+          "| requeue gap s | last step | ended | steps lost (suite, measured) | steps lost (naive, modelled: save every "
           f"{args.naive_save_freq}) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -125,7 +125,7 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
     print()
     print(f"- requeue gap (requeued → next chunk started), median: {summary['median_requeue_gap_s']:.1f} s "
           f"(target ≤ 10 s; Slurm's own hold without the release: 120 s, measured on this cluster)")
-    print(f"- suite overhead per chunk (alloc start → trainer start + trainer exit → job end), median: "
+    print(f"- suite overhead per chunk (chunk start → trainer start + trainer exit → requeue issued; Ray teardown after that not counted), median: "
           f"{summary['median_overhead_s']:.1f} s (target ≤ 15 s)")
     print(f"- steps lost at planned chunk ends: suite {summary['steps_lost_suite']}, naive "
           f"{summary['steps_lost_naive']} (target 0)")
