@@ -23,7 +23,6 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "save-now": ("justrl_hpc.control", "ask a running chunk to save at the next step and requeue"),
     "status": ("justrl_hpc.control", "one screen of where a run stands (ledger + Slurm)"),
-    "report": ("justrl_hpc.report", "goodput report of a run (--json for machines)"),
     "recipe": ("justrl_hpc.recipe_cli", "show a recipe beside the published values (the fidelity table)"),
 }
 
