@@ -268,6 +268,15 @@ class Driver:
         if decision.step is None and not self.first_chunk:
             log("no checkpoint yet: the trainer starts from step 0")
         self._retention()
+        need = int(checkpoints.newest_size(ckpt_dir, res.recipe.world_size) * 1.1 + res.cluster.min_free_disk_gb * 1e9)
+        ok, free = checkpoints.disk_check(ckpt_dir, need)
+        if not ok:
+            # A save into a full filesystem tears the checkpoint; better to stop and say so than to train on.
+            self.event("failed", step=self.start_step,
+                       reason=f"{ckpt_dir} has {free / 1e9:.1f} GB free; the next checkpoint plus "
+                       f"cluster.min_free_disk_gb needs {need / 1e9:.1f} GB")
+            self.ended = True
+            return "failed"
 
         chunk_ctx = ChunkContext(first_chunk=self.first_chunk, deadline_epoch=self.end_time)
         env = dict(os.environ)

@@ -155,3 +155,41 @@ def test_a_second_launch_of_a_live_run_is_refused(devcluster, rehearsal_data, tm
     assert resume.returncode == 2 and "is still" in resume.stderr, resume.stderr
     job = events(run_dir, "submitted")[0]["job_id"]
     subprocess.run(["scancel", str(job)], check=False)
+
+
+@pytest.mark.timeout(400)
+def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "savenow"
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=30, time_limit=5),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    wait_for_event(run_dir, "step", timeout=240, step=5)
+    out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    stdout, _ = proc.communicate(timeout=360)
+    assert proc.returncode == 0, stdout[-3000:]
+    stop = events(run_dir, "stop-requested")[0]
+    exited = events(run_dir, "trainer-exited")[0]
+    assert stop["reason"] == "save-now" and exited["reason"] == "stopped"
+    assert exited["last_saved"] == exited["step"] > stop["step"]  # saved at the next step, nothing to redo
+    assert events(run_dir, "trainer-started")[1]["step"] == exited["last_saved"]
+    assert_each_step_once(run_dir, 30)
+
+
+@pytest.mark.timeout(200)
+def test_a_chunk_without_room_for_the_next_checkpoint_stops_and_says_so(devcluster, rehearsal_data, tmp_path):
+    """The disk fills between launch and a chunk: the chunk checks again before training, and stops."""
+    import yaml
+
+    run_dir = tmp_path / "nodisk"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", steps=4, time_limit=3), timeout=120)
+    assert out.returncode == 0, out.stderr
+    conf = yaml.safe_load((run_dir / "run.yaml").read_text())
+    conf["cluster"]["min_free_disk_gb"] = 1e6  # as if the filesystem had filled up since
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(conf))
+    out = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"], timeout=180)
+    assert out.returncode == 1, out.stdout[-2000:]
+    failed = events(run_dir, "failed")
+    assert len(failed) == 1 and "GB free" in failed[0]["reason"] and "min_free_disk_gb" in failed[0]["reason"]
+    assert not events(run_dir, "trainer-started")
