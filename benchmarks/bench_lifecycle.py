@@ -5,7 +5,10 @@
 Runs a real rehearsal launch (dev cluster, 2 nodes, real Slurm/submitit/Ray) to its target step and reads the
 figures off its ledger. The naive way (the published approach: periodic saves every `save_freq` steps, no
 save before the limit, the job killed at its wall clock) is computed from the same chunk ends: it loses the
-steps trained since its last periodic save. Prints Markdown; benchmarks/run_all.sh appends it to BENCHMARKS.md.
+steps trained since its last periodic save. The per-chunk figures come from justrl_hpc.report (the same
+derivation as `justrl-hpc report` and the dashboard); the real 4,380-step run is then modelled with the overheads
+measured here (justrl_hpc.report.model_real_run), the suite's way and the naive way.
+Prints Markdown; benchmarks/run_all.sh appends it to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,27 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-from justrl_hpc.ledger import Ledger, parse_time  # noqa: E402
-
-
-def chunks_of(events: list[dict]) -> list[dict]:
-    out: list[dict] = []
-    for e in events:
-        if e["event"] == "started":
-            out.append({"started": parse_time(e["time"]), "job": e["job_id"]})
-        elif out:
-            c = out[-1]
-            t = parse_time(e["time"])
-            if e["event"] in ("ray-ready", "trainer-started", "stop-requested", "requeued", "finished"):
-                c.setdefault(e["event"], t)
-            if e["event"] == "trainer-exited":
-                c["trainer-exited"] = t
-                c["exit"] = e
-            if e["event"] == "step":
-                c.setdefault("first_step_time", t)
-                c["last_step"] = e["step"]
-    return out
 
 
 def main() -> int:
@@ -61,12 +43,32 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     prepare(work / "data")
     run_dir = work / "runs" / "bench"
-    cmd = [sys.executable, "-m", "justrl_hpc.launch", "--recipe", "rehearsal", "--cluster", "dev", "--nodes", "2",
-           "--name", "bench", "--run-dir", str(run_dir), "--time-limit", str(args.time_limit), "--wait",
-           "--set", f"recipe.model_path={work / 'data' / 'model'}",
-           "--set", f"recipe.train_files=[{work / 'data' / 'train.parquet'}]",
-           "--set", f"recipe.val_files=[{work / 'data' / 'val.parquet'}]",
-           "--set", f"recipe.total_training_steps={args.steps}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "justrl_hpc.launch",
+        "--recipe",
+        "rehearsal",
+        "--cluster",
+        "dev",
+        "--nodes",
+        "2",
+        "--name",
+        "bench",
+        "--run-dir",
+        str(run_dir),
+        "--time-limit",
+        str(args.time_limit),
+        "--wait",
+        "--set",
+        f"recipe.model_path={work / 'data' / 'model'}",
+        "--set",
+        f"recipe.train_files=[{work / 'data' / 'train.parquet'}]",
+        "--set",
+        f"recipe.val_files=[{work / 'data' / 'val.parquet'}]",
+        "--set",
+        f"recipe.total_training_steps={args.steps}",
+    ]
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     wall = time.time() - t0
@@ -77,67 +79,108 @@ def main() -> int:
 
 
 def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
-    events = Ledger(run_dir).read()
+    # The per-chunk figures come from justrl_hpc.report, the same derivation `justrl-hpc report` and the
+    # dashboard use; this script only lays them out and adds the naive column and the real-run model.
+    from justrl_hpc.report import measured_overheads, model_real_run, report_run
+
+    rep = report_run(run_dir)
     if wall is None:
-        wall = parse_time(events[-1]["time"]) - parse_time(events[0]["time"])
-    steps = max((e["step"] for e in events if e["event"] == "step"), default=0)
-    chunks = chunks_of(events)
+        wall = rep.wall_s or 0.0
+    chunks = rep.chunks
     rows = []
-    for i, c in enumerate(chunks, 1):
-        ex = c.get("exit", {})
-        nxt = chunks[i]["started"] if i < len(chunks) else None
-        lost = (ex.get("step") or 0) - (ex.get("last_saved") or 0) if ex.get("reason") == "stopped" else 0
-        naive_lost = (c.get("last_step") or 0) % args.naive_save_freq if "requeued" in c else 0
-        rows.append({
-            "chunk": i,
-            "ray_up_s": c.get("ray-ready", 0) - c["started"],
-            "to_trainer_s": c.get("trainer-started", 0) - c["started"],
-            "stop_to_requeue_s": (c["requeued"] - c["stop-requested"]) if "requeued" in c and "stop-requested" in c
-            else None,
-            "exit_to_end_s": (c.get("requeued") or c.get("finished") or 0) - c.get("trainer-exited", 0),
-            "gap_s": (nxt - c["requeued"]) if nxt and "requeued" in c else None,
-            "last_step": c.get("last_step"),
-            "end": ex.get("reason"),
-            "lost": lost,
-            "naive_lost": naive_lost,
-        })
-    print(f"Rehearsal run {run_dir.name} of {steps} steps, 2 dev-cluster nodes: "
-          f"{len(chunks)} chunks, {wall:.0f} s from submit to finished.\n")
-    print("| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → requeue issued s "
-          "| requeue gap s | last step | ended | steps lost (suite, measured) | steps lost (naive, modelled: save every "
-          f"{args.naive_save_freq}) |")
+    for c in chunks:
+        naive_lost = (c.last_step or 0) % args.naive_save_freq if c.requeue_gap_s is not None else 0
+        rows.append(
+            {
+                "chunk": c.chunk,
+                "ray_up_s": c.ray_up_s,
+                "to_trainer_s": _diff(c.trainer_started, c.start),
+                "stop_to_requeue_s": c.stop_to_end_s if c.requeue_gap_s is not None else None,
+                "exit_to_end_s": c.exit_to_end_s,
+                "gap_s": c.requeue_gap_s,
+                "last_step": c.last_step,
+                "end": c.reason,
+                "lost": c.steps_lost,
+                "naive_lost": naive_lost,
+            }
+        )
+    print(
+        f"Rehearsal run {run_dir.name} of {rep.last_step} steps, 2 dev-cluster nodes: "
+        f"{len(chunks)} chunks, {wall:.0f} s from submit to finished.\n"
+    )
+    print(
+        "| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → requeue issued s "
+        "| requeue gap s | last step | ended | steps lost (suite, measured) | steps lost (naive, modelled: save every "
+        f"{args.naive_save_freq}) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def f(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1f}"
+
     for r in rows:
-        def f(x: float | None) -> str:
-            return "–" if x is None else f"{x:.1f}"
-        print(f"| {r['chunk']} | {f(r['ray_up_s'])} | {f(r['to_trainer_s'])} | {f(r['stop_to_requeue_s'])} | "
-              f"{f(r['exit_to_end_s'])} | {f(r['gap_s'])} | {r['last_step']} | {r['end']} | {r['lost']} | "
-              f"{r['naive_lost']} |")
+        print(
+            f"| {r['chunk']} | {f(r['ray_up_s'])} | {f(r['to_trainer_s'])} | {f(r['stop_to_requeue_s'])} | "
+            f"{f(r['exit_to_end_s'])} | {f(r['gap_s'])} | {r['last_step']} | {r['end']} | {r['lost']} | "
+            f"{r['naive_lost']} |"
+        )
     gaps = [r["gap_s"] for r in rows if r["gap_s"] is not None]
-    overhead = [r["to_trainer_s"] + r["exit_to_end_s"] for r in rows]
+    overhead = [(r["to_trainer_s"] or 0.0) + (r["exit_to_end_s"] or 0.0) for r in rows]
     summary = {
         "chunks": len(chunks),
+        "goodput": None if rep.goodput is None else round(rep.goodput, 4),
         "median_requeue_gap_s": statistics.median(gaps) if gaps else None,
-        "median_overhead_s": statistics.median(overhead),
+        "median_overhead_s": statistics.median(overhead) if overhead else None,
         "steps_lost_suite": sum(r["lost"] for r in rows),
         "steps_lost_naive": sum(r["naive_lost"] for r in rows),
     }
     print()
-    print(f"- requeue gap (requeued → next chunk started), median: {summary['median_requeue_gap_s']:.1f} s "
-          f"(target ≤ 10 s; Slurm's own hold without the release: 120 s, measured on this cluster)")
-    print(f"- suite overhead per chunk (chunk start → trainer start + trainer exit → requeue issued; Ray teardown after that not counted), median: "
-          f"{summary['median_overhead_s']:.1f} s (target ≤ 15 s)")
-    print(f"- steps lost at planned chunk ends: suite {summary['steps_lost_suite']}, naive "
-          f"{summary['steps_lost_naive']} (target 0)")
-    try:
-        from justrl_hpc.report import model_real_run
-    except ImportError:
-        model_real_run = None
-    if model_real_run is not None:
-        model = model_real_run(requeue_gap_s=summary["median_requeue_gap_s"] or 0.0)
-        print(f"- modelled real run (24 h chunks, 296 s steps, 21 GB checkpoints): {json.dumps(model)}")
+    if gaps:
+        print(
+            f"- requeue gap (requeued → next chunk started), median: {summary['median_requeue_gap_s']:.1f} s "
+            f"(target ≤ 10 s; Slurm's own hold without the release: 120 s, measured on this cluster)"
+        )
+    if overhead:
+        print(
+            "- suite overhead per chunk (chunk start → trainer start + trainer exit → requeue issued; Ray teardown "
+            f"after that not counted), median: {summary['median_overhead_s']:.1f} s (target ≤ 15 s)"
+        )
+    print(
+        f"- steps lost at planned chunk ends: suite {summary['steps_lost_suite']}, naive "
+        f"{summary['steps_lost_naive']} (target 0)"
+    )
+    if rep.goodput is not None:
+        print(
+            f"- rehearsal goodput (kept step time / allocated time, 1 s toy steps): {100 * rep.goodput:.1f}%"
+        )
+    measured = measured_overheads(rep)
+    model = model_real_run(**measured)
+    m, suite, naive = model["inputs"], model["suite"], model["naive"]
+    print(
+        f"- modelled real run ({m['target_steps']} steps of {m['step_s']:g} s, {m['chunk_s'] / 3600:g} h chunks, "
+        f"{m['checkpoint_gb']:g} GB checkpoints at {m['fs_gb_per_s']:.2f} GB/s → {m['save_s']:g} s per save and "
+        f"per load, model + vLLM init {m['init_s']:g} s; measured here: suite start-up {m['suite_startup_s']:g} s, "
+        f"stop tail {m['stop_tail_s']:g} s, requeue gap {m['requeue_gap_s']:g} s):"
+    )
+    print(
+        f"  - suite (save at the step after the {m['signal_lead_s']:g} s signal, release after requeue): goodput "
+        f"{100 * suite['goodput']:.2f}% of {suite['allocated_h']:g} allocated h (target ≥ 98%), "
+        f"{100 * suite['wall_goodput']:.2f}% of {suite['wall_h']:g} wall h; {suite['chunks']} chunks, "
+        f"{suite['steps_lost']} steps lost"
+    )
+    print(
+        f"  - naive (saves every {m['save_freq']} steps only, fixed --signal@{m['naive_signal_lead_s']:g} s "
+        f"requeueing unsaved, Slurm's {m['naive_hold_s']:g} s hold): goodput {100 * naive['goodput']:.2f}% of "
+        f"{naive['allocated_h']:g} allocated h, {100 * naive['wall_goodput']:.2f}% of {naive['wall_h']:g} wall h; "
+        f"{naive['chunks']} chunks, {naive['steps_lost']} steps lost"
+    )
+    summary["model"] = {"suite": suite, "naive": naive, "measured": measured}
     print(f"\n<!-- {json.dumps(summary)} -->")
     return 0
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 if __name__ == "__main__":

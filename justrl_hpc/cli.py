@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "save-now": ("justrl_hpc.control", "ask a running chunk to save at the next step and requeue"),
     "status": ("justrl_hpc.control", "one screen of where a run stands (ledger + Slurm)"),
+    "report": ("justrl_hpc.report", "goodput: where a run's allocated time went, per chunk (--json)"),
     "recipe": ("justrl_hpc.recipe_cli", "show a recipe beside the published values (the fidelity table)"),
 }
 

@@ -92,6 +92,11 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     step_events = [e["step"] for e in events(run_dir, "step")]
     assert sorted(step_events) == list(range(1, 41)), step_events
     assert_each_step_once(run_dir, 40)
+    # `justrl-hpc report` of the same run: finished, and no chunk threw a step away at its planned end.
+    report = [sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"]
+    rep = json.loads(run_launch(report, timeout=60).stdout)
+    assert rep["finished"] and rep["last_step"] == 40, rep
+    assert [c["steps_lost"] for c in rep["chunks"]] == [0] * len(rep["chunks"]), rep["chunks"]
     # Every incarnation of the job resumed where the previous one saved.
     starts = events(run_dir, "trainer-started")
     saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]

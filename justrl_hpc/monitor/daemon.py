@@ -18,6 +18,7 @@ It only reads the job: no scancel, no scontrol update/requeue/hold, no file in c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -146,19 +147,25 @@ def _rule_settings(data: Mapping[str, Any], path: Path) -> Any:
         raise UserError(str(exc), str(path)) from None
 
 
-def recipe_int(run_dir: Path, name: str) -> int | None:
-    """A positive integer hyperparameter of run.yaml's recipe (data.max_response_length, trainer.save_freq),
-    if the folder has a run.yaml."""
+def _recipe(run_dir: Path) -> dict[str, Any]:
+    """run.yaml's recipe section, or {} for a folder without one (a bare tensorboard/ folder)."""
     path = Path(run_dir) / "run.yaml"
     if not path.is_file():
-        return None
+        return {}
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
-        return None
+        return {}
     recipe = data.get("recipe") if isinstance(data, dict) else None
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def recipe_int(run_dir: Path, name: str) -> int | None:
+    """A positive integer hyperparameter of run.yaml's recipe (data.max_response_length, trainer.save_freq),
+    if the folder has a run.yaml."""
+    recipe = _recipe(run_dir)
     hp = recipe.get("hyperparameters") if isinstance(recipe, dict) else None
     value = hp.get(name) if isinstance(hp, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -294,6 +301,10 @@ class RunMonitor:
         self.step_times: list[float] = list(self.store.get("step_times") or [])
         wstate = self.store.get("training")
         tset = self.config.rules.training
+        if _recipe(self.run_dir).get("trainer") == "rehearsal":
+            # JustRL's absolute entropy band means nothing for the CPU rehearsal's one-token answers (the
+            # dashboard drops it too); the drift rule still watches it.
+            tset = dataclasses.replace(tset, entropy_band=None, entropy_critical_band=None)
         if wstate is not None:
             self.watch = train_rules.TrainingWatch.from_state(wstate, tset, self.max_response_length)
         else:
