@@ -704,20 +704,9 @@ def _chunks(events: list[dict[str, Any]], now: float) -> list[ChunkView]:
     ]
 
 
-def _median_step(points: list[tuple[int, float]]) -> float | None:
-    """Median seconds between consecutive step events one step apart (a resume gap is not a step)."""
-    gaps = [
-        t1 - t0 for (s0, t0), (s1, t1) in zip(points, points[1:], strict=False) if s1 == s0 + 1 and t1 >= t0
-    ]
-    return statistics.median(gaps) if gaps else None
-
-
-def _overall_step_s(chunks: list[ChunkView]) -> float | None:
-    known = [c.step_s for c in chunks if c.step_s]
-    return statistics.median(known) if known else None
-
-
 def _recent_step_s(events: list[dict[str, Any]]) -> float | None:
+    from justrl_hpc.report import median_step_s
+
     points: list[tuple[int, float]] = []
     for e in reversed(events):
         if e.get("event") == "step" and _is_int(e.get("step")):
@@ -726,7 +715,7 @@ def _recent_step_s(events: list[dict[str, Any]]) -> float | None:
                 points.append((e["step"], t))
                 if len(points) > RECENT_STEPS:
                     break
-    return _median_step(list(reversed(points)))
+    return median_step_s(list(reversed(points)))
 
 
 def _tb_step_s(view: RunView) -> float | None:
