@@ -87,6 +87,8 @@ class TrainChunk(submitit.helpers.Checkpointable):
         driver = _ACTIVE.get("driver")
         if driver is not None and not driver.stop_for_requeue():
             return None  # finished or failed for good: submitit then ends the job instead of requeueing
+        if driver is not None and driver.successor is not None:
+            return None  # no requeue on this cluster: the job ends and its chained successor takes over
         return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
 
 
@@ -189,6 +191,7 @@ class Driver:
         self.stop_requested_at_step: int | None = None
         self.ended = False
         self.end_time = slurm.job_end_time(info.job_id)
+        self.successor: str | None = None  # the chained next chunk, on clusters that forbid requeue
 
     # -- ledger ---------------------------------------------------------------------------------------
 
@@ -199,6 +202,45 @@ class Driver:
         log(
             f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: {name}{where} {extra}".rstrip()
         )
+        if name in ("finished", "failed"):
+            self._end_chain()
+
+    # -- the dependency chain (clusters with requeue_allowed: false) ------------------------------------
+
+    def _arm_successor(self) -> None:
+        """Submit the next chunk now, to start once this job ends however it ends (afterany).
+
+        Armed at the start rather than at the end so that a chunk killed outright (node failure, kill -9,
+        preemption that cancels) still has a successor; a run that finishes or fails for good cancels it.
+        """
+        from justrl_hpc.submission import make_executor
+
+        executor = make_executor(
+            self.resolved, self.info.run_dir, self.info.nodes, dependency=f"afterany:{self.info.job_id}"
+        )
+        try:
+            job = executor.submit(TrainChunk(str(self.info.run_dir)))
+        except Exception as exc:  # sbatch's refusal arrives as a generic error from submitit
+            lines = str(exc).strip().splitlines()
+            self.event("chain-broken", reason=f"sbatch refused the next chunk: {lines[-1] if lines else exc}")
+            return
+        self.successor = str(job.job_id)
+        # The successor's id as the event's job id: `launch --resume` and `status` see the live pending job.
+        self.ledger.append("chained", job_id=self.successor, chunk=self.chunk, after=self.info.job_id)
+        log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: chained job {self.successor}")
+
+    def _end_chain(self) -> None:
+        if self.successor is None:
+            return
+        successor, self.successor = self.successor, None
+        ok = slurm.cancel(successor)
+        self.ledger.append("chain-cancelled", job_id=successor, chunk=self.chunk, ok=ok)
+        log(f"run {self.resolved.run.name} job {self.info.job_id}: cancelled chained job {successor} (ok={ok})")
+
+    def _hand_over(self) -> None:
+        """The chunk is done and the run goes on: requeue is Slurm's job, or the chained successor's."""
+        if self.successor is None:
+            spawn_releaser(self.info.job_id)
 
     # -- the chunk ------------------------------------------------------------------------------------
 
@@ -214,6 +256,8 @@ class Driver:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         for name in ("stop", "save-now"):
             (info.control / name).unlink(missing_ok=True)
+        if not self.resolved.cluster.requeue_allowed:
+            self._arm_successor()
         clean_stale(info)
         self.agent = start_agent(info)
         try:
@@ -413,10 +457,11 @@ class Driver:
         if not self.saved_steps and self._give_up(self.stop_reason or "signal", "the chunk ended before a save"):
             self._teardown()
             return False
-        self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal")
+        via = {"chained_to": self.successor} if self.successor else {}
+        self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal", **via)
         self.ended = True
         self._teardown()
-        spawn_releaser(self.info.job_id)
+        self._hand_over()
         return True
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
@@ -435,7 +480,7 @@ class Driver:
         self.ended = True
         self._teardown()
         # A preemption with PreemptMode=REQUEUE brings the job back after Slurm's hold; release it early.
-        spawn_releaser(self.info.job_id)
+        self._hand_over()
         sys.exit(143)
 
     def _requeue_self(self) -> str:

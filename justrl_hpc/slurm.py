@@ -93,6 +93,11 @@ def requeue(job_id: str) -> bool:
     return _run(["scontrol", "requeue", str(job_id)]) is not None
 
 
+def cancel(job_id: str) -> bool:
+    """Cancel one of the run's own jobs (the launcher side only: the monitor never calls this)."""
+    return _run(["scancel", str(job_id)]) is not None
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     out = _run(["scontrol", "show", "hostnames", nodelist])
     if out:
