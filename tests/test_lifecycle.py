@@ -97,6 +97,19 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     rep = json.loads(run_launch(report, timeout=60).stdout)
     assert rep["finished"] and rep["last_step"] == 40, rep
     assert [c["steps_lost"] for c in rep["chunks"]] == [0] * len(rep["chunks"]), rep["chunks"]
+    # The monitor on the same folder. The toy task's curves may trip a drift warning (its responses are a
+    # few tokens long), but nothing in a run that finished cleanly is critical, non-finite or a stall, and
+    # every alert names a step the run trained; the dashboard's one frame at 80x24 shows where it ended.
+    scan = run_launch([sys.executable, "-m", "justrl_hpc.monitor.cli", "scan", str(run_dir)], timeout=120)
+    assert scan.returncode == 0, scan.stderr[-2000:]
+    raised = [json.loads(line) for line in scan.stdout.splitlines() if line.strip()]
+    assert all(a["severity"] != "critical" and a["rule"][:2] not in ("T1", "S1") for a in raised), raised
+    assert all(a["step"] is None or 1 <= a["step"] <= 40 for a in raised), raised
+    frame = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "--once", str(run_dir)],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80", LINES="24"))
+    assert frame.returncode == 0, frame.stderr[-2000:]
+    assert "40/40" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
     # Every incarnation of the job resumed where the previous one saved.
     starts = events(run_dir, "trainer-started")
     saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]

@@ -733,7 +733,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = _Parser(
         prog="justrl-monitor",
         description="The terminal dashboard of one or more runs; it only reads the run folders.",
-        epilog="keys: q quits · tab / arrows switch runs · r reloads now",
+        epilog=(
+            "keys: q quits · tab / arrows switch runs · r reloads now\n\n"
+            "also: justrl-monitor daemon RUN [RUN …]   the alerting service (never touches the job)\n"
+            "      justrl-monitor scan RUN             one pass over what is new; alerts as JSON lines"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folder or name under ./runs/ (default: all)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
