@@ -16,12 +16,14 @@ out=$(mktemp)
   echo "### Chunk lifecycle on the dev cluster (\`$PY benchmarks/bench_lifecycle.py\`)"
   echo
   $PY benchmarks/bench_lifecycle.py
-  if [ -f benchmarks/bench_tbreader.py ]; then
-    echo
-    echo "### TensorBoard ingest (\`$PY benchmarks/bench_tbreader.py\`)"
-    echo
-    $PY benchmarks/bench_tbreader.py
-  fi
+  echo
+  echo "### TensorBoard ingest (\`$PY benchmarks/bench_tbreader.py\`)"
+  echo
+  $PY benchmarks/bench_tbreader.py
+  echo
+  echo "### Monitor daemon, 32 replayed GPUs at 1 Hz (\`$PY benchmarks/bench_daemon.py\`)"
+  echo
+  $PY benchmarks/bench_daemon.py
   echo
   echo "### Node agent and GPU rules (\`$PY benchmarks/bench_agent.py\`)"
   echo
