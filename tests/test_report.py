@@ -1,6 +1,6 @@
 """`justrl-hpc report RUN`: goodput per chunk and overall, from ledgers written through the real `Ledger`.
 
-Two ledgers are real rehearsals' (tests/data/rehearsal_ledger.jsonl: finished through two chunk limits;
+Two ledgers are real rehearsals' (tests/data/rehearsal-run/ledger.jsonl: finished through two chunk limits;
 rehearsal_cancelled_ledger.jsonl: scancelled in its 8th chunk; both recorded with `justrl-hpc rehearse` on the
 dev cluster), replayed line by line; the others follow the same event sequences the chunk driver writes
 (justrl_hpc/chunk.py) at round times, so every figure has an exact expected value: a crash that lost the steps
@@ -26,7 +26,7 @@ from justrl_hpc.monitor.view import _chunks, _goodput
 from justrl_hpc.report import RealRunModel, chunk_reports, event_time, model_real_run, run_report
 
 REPO = Path(__file__).resolve().parents[1]
-RECORDED = REPO / "tests" / "data" / "rehearsal_ledger.jsonl"
+RECORDED = REPO / "tests" / "data" / "rehearsal-run" / "ledger.jsonl"
 CANCELLED = REPO / "tests" / "data" / "rehearsal_cancelled_ledger.jsonl"
 T0 = 1_800_000_000.0
 

@@ -751,3 +751,42 @@ def test_job_state_comes_from_slurm(tmp_path: Path, devcluster: Any) -> None:
             assert f"job {job_id} PENDING ({v.job.reason})" in header and v.status == "pending"
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
+
+
+REHEARSAL_RUN = REPO / "tests" / "data" / "rehearsal-run"
+
+
+def test_dashboard_on_a_real_rehearsal_run_folder(
+    tmp_path: Path, tmux_factory: Callable[[int, int, Path], Tmux]
+) -> None:
+    """What `justrl-hpc rehearse` left on the dev cluster (ledger, three chunks' TensorBoard files, both
+    nodes' telemetry, run.yaml; recorded in tests/data/rehearsal-run), with the alerts the daemon's own scan
+    raises on it, in a real terminal at 80x24 and then 200x60."""
+    run = tmp_path / "runs" / "rehearsal-F3"
+    shutil.copytree(REHEARSAL_RUN, run)
+    scan = subprocess.run(
+        [sys.executable, "-m", "justrl_hpc.monitor.cli", "scan", str(run)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+    )
+    assert scan.returncode == 0, scan.stderr[-2000:]
+    raised = [json.loads(line) for line in scan.stdout.splitlines() if line.strip()]
+    assert raised and all(a["state"] == "firing" for a in raised), raised
+    v = load_view(run, use_slurm=False)
+    entropy = v.curve("entropy")
+    assert v.step == 120 and entropy is not None and entropy.steps == list(range(1, 121))  # 3 files, once each
+    latest = f"{entropy.values[-1]:.3f}"
+
+    t = tmux_factory(80, 24, tmp_path)
+    t.type(_dashboard_cmd("--interval", "1", "rehearsal-F3"))
+    screen = t.wait(lambda s: latest in s, "the latest entropy value")
+    lines = screen.splitlines()
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+    assert "step 120/120" in screen and "FINISHED" in screen
+    assert raised[0]["rule"] in screen and "WARN" in screen
+    assert "n1" in screen and "n2" in screen and "no GPUs" in screen  # the dev cluster's nodes, replayed
+    assert "time-limit" in screen and "finished" in screen
+    t.resize(200, 60)
+    screen = t.wait(lambda s: "╭─ training curves" in s, "the large layout")
+    assert all(a["rule"] in screen for a in raised), screen
+    t.send("q")
+    t.wait(lambda s: _at_prompt(s) and latest not in s, "the shell back after q")
