@@ -111,15 +111,37 @@ def start_agent(info: ChunkInfo) -> subprocess.Popen[bytes] | None:
         return None
     host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     logf = open(info.run_dir / "logs" / f"agent-{host}.log", "ab")
+    parent = os.getpid()
+
+    def preexec() -> None:
+        shield_from_slurm_signals()
+        # In its own session the agent outlives a chunk task that Slurm kills outright (a requeue ends the
+        # other ranks within a second, before their cleanup runs) where process tracking is by process group:
+        # it would sample a finished job's folder forever. Linux tells it when its parent goes (SIGINT = its
+        # clean stop, the same as stop_process sends).
+        _prctl_pdeathsig(signal.SIGINT)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(0)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "justrl_hpc.monitor.agent", "--run-dir", str(info.run_dir), "--host", host],
         stdout=logf,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=shield_from_slurm_signals,
+        preexec_fn=preexec,
     )
     logf.close()
     return proc
+
+
+def _prctl_pdeathsig(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG, sig): this process gets `sig` when the thread that forked it exits (Linux)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the agent then relies on stop_process and Slurm's process tracking
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:

@@ -73,3 +73,40 @@ def test_classify_exit():
     assert classify_exit(1, False, "[Rank 3] Watchdog caught collective operation timeout") == "crashed-nccl"
     assert classify_exit(1, False, "ray.exceptions.NodeDiedError: node abc died") == "crashed-node"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
+
+
+def test_node_agent_stops_cleanly_when_its_chunk_task_is_killed(tmp_path):
+    """A requeue kills the other ranks' tasks outright; their node agents (own session) must not linger."""
+    import json
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    (tmp_path / "logs").mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from justrl_hpc.chunk import ChunkInfo, start_agent
+            info = ChunkInfo(Path({str(tmp_path)!r}), "77", 0, 1, 2, ["n1", "n2"])
+            print(start_agent(info).pid, flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, SLURMD_NODENAME="n2", PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+    )
+    agent = int(parent.stdout.readline())
+    telemetry = tmp_path / "telemetry" / "n2.jsonl"
+    deadline = time.monotonic() + 60
+    while not (telemetry.exists() and telemetry.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline, "the agent wrote no sample"
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{agent}") and "Z" not in open(f"/proc/{agent}/stat").read().split()[2]:
+        assert time.monotonic() < deadline, "the agent outlived its chunk task"
+        time.sleep(0.2)
+    last = json.loads(telemetry.read_text().splitlines()[-1])
+    assert last.get("final") is True  # it stopped the clean way, so the monitor does not call it silent
