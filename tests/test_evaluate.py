@@ -422,3 +422,29 @@ def test_submission_is_one_node_with_the_checkout_on_the_path(run_dir: Path) -> 
     assert f"#SBATCH --job-name=justrl-eval-{run_dir.name}-step_{STEP}" in script
     assert f"export PYTHONPATH={REPO}" in script and "--exclusive" not in script
     assert "#SBATCH --requeue" in script  # a timeout requeues; the restart resumes from samples.jsonl
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(420)
+def test_evaluate_job_submitted_to_the_dev_cluster(
+    devcluster: object, rehearsal_data: Path, bench_dir: Path, tmp_path: Path
+) -> None:
+    """`launch --job evaluate` without --local: submitit puts it on a dev-cluster node, which generates with
+    the tiny model and grades; the table lands in the run folder."""
+    from justrl_hpc import slurm
+
+    run = make_run(tmp_path / "runs" / "eval-slurm", rehearsal_data / "model")
+    argv = [sys.executable, "-m", "justrl_hpc.launch", "--job", "evaluate", "--run", str(run), "--step", str(STEP),
+            "--data", str(bench_dir), "--benchmarks", "aime24,math500", "--samples-scale", "0.125",
+            "--max-new-tokens", "12"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert out.returncode == 0, out.stderr[-2000:]
+    job_id = out.stdout.split("submitted evaluate job ")[1].split()[0]
+    done = slurm.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 360)
+    assert done is not None and done.state == "COMPLETED", (done, list((run / "logs").rglob("*")))
+    folder = run / "eval" / f"step_{STEP}"
+    samples = SampleLog(folder).read()
+    assert len(samples) == 2 * 4 + 2 * 1  # 2 problems each: AIME24 at 32 × 0.125, MATH-500 at 4 × 0.125 → 1
+    md = (folder / "results.md").read_text()
+    assert md.startswith("| model | AIME24@4 | MATH500@1 |") and f"this run: step_{STEP}" in md

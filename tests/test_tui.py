@@ -652,10 +652,24 @@ def _dashboard_cmd(*args: str) -> str:
 
 
 def _at_prompt(screen: str) -> bool:
-    """The shell waits for input: its prompt is the last line written (a new one, not the one the
-    dashboard's alternate screen covered)."""
+    """The shell waits for input: its prompt ends the last line written (a new one, not the one the
+    dashboard's alternate screen covered). After a resize during the alternate screen tmux may put the
+    cursor back at the end of the command line, so the prompt can follow the command on its line."""
     lines = [line for line in screen.splitlines() if line.strip()]
-    return bool(lines) and lines[-1].strip() == "READY$"
+    return bool(lines) and lines[-1].rstrip().endswith("READY$")
+
+
+def _quit_and_exit_0(t: Tmux, gone: str | None) -> None:
+    """q ends the dashboard with status 0 and the shell reads commands again. Without a resize the
+    alternate screen's frame is gone too (`gone` no longer on screen); after a resize tmux may leave the
+    frame's rows in the main screen, so there the exit status is the proof that it quit."""
+    t.send("q")
+    t.wait(_at_prompt, "the shell prompt after q")
+    t.type("echo EXIT-STATUS-$?")
+    screen = t.wait(lambda s: "EXIT-STATUS-0" in s, "the dashboard's exit status 0")
+    assert "Traceback" not in screen
+    if gone is not None:
+        assert gone not in screen, screen
 
 
 def _terminal_restored(t: Tmux, out: Path) -> None:
@@ -688,8 +702,7 @@ def test_dashboard_at_80x24_shows_every_panel_and_q_restores_the_terminal(
     t.resize(200, 60)
     screen = t.wait(lambda s: "╭─ training curves" in s, "the large layout after the resize")
     assert max(len(line) for line in screen.splitlines()) > 150 and "°" in screen
-    t.send("q")
-    t.wait(lambda s: _at_prompt(s) and "1.375" not in s, "the shell back after q")
+    _quit_and_exit_0(t, None)
     _terminal_restored(t, tmp_path / "stty.txt")
 
 
@@ -717,8 +730,7 @@ def test_dashboard_at_200x60_uses_the_space_and_tab_switches_runs(
     assert "monitor blind: no daemon heartbeat" in screen
     t.send("Left")
     t.wait(lambda s: "alpha" in s.splitlines()[1], "alpha again after ←")
-    t.send("q")
-    t.wait(lambda s: _at_prompt(s) and "1.375" not in s, "the shell back after q")
+    _quit_and_exit_0(t, "1.375")
     _terminal_restored(t, tmp_path / "stty.txt")
 
 
@@ -788,5 +800,4 @@ def test_dashboard_on_a_real_rehearsal_run_folder(
     t.resize(200, 60)
     screen = t.wait(lambda s: "╭─ training curves" in s, "the large layout")
     assert all(a["rule"] in screen for a in raised), screen
-    t.send("q")
-    t.wait(lambda s: _at_prompt(s) and latest not in s, "the shell back after q")
+    _quit_and_exit_0(t, None)
