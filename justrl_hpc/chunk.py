@@ -134,6 +134,11 @@ def start_agent(info: ChunkInfo) -> subprocess.Popen[bytes] | None:
     return proc
 
 
+def _gb(n: float) -> str:
+    """GB with enough digits that a small filesystem does not read as "0.0 GB"."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.4f} GB"
+
+
 def _prctl_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG, sig): this process gets `sig` when the thread that forked it exits (Linux)."""
     import ctypes
@@ -339,8 +344,9 @@ class Driver:
         if not ok:
             # A save into a full filesystem tears the checkpoint; better to stop and say so than to train on.
             self.event("failed", step=self.start_step,
-                       reason=f"{ckpt_dir} has {free / 1e9:.1f} GB free; the next checkpoint plus "
-                       f"cluster.min_free_disk_gb needs {need / 1e9:.1f} GB")
+                       reason=f"{ckpt_dir} has {_gb(free)} free; the next checkpoint plus "
+                       f"cluster.min_free_disk_gb needs {_gb(need)}: free space there, then "
+                       "`python -m justrl_hpc.launch --resume RUN`")
             self.ended = True
             return "failed"
 
@@ -545,6 +551,8 @@ class Driver:
         assert self.trainer is not None
         reached = self._reached_target()
         reason = classify_exit(code, reached, self.trainer.log_tail())
+        if reason == "crashed-other" and self._checkpoint_disk_full():
+            reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
         self._exited_event(code, reason)
         if reason == "finished":
             self.event("finished", step=self.target)
@@ -553,6 +561,14 @@ class Driver:
         if self.stop_reason and self._saved_since_stop():
             return self._requeue_self()
         return self._crashed(reason, f"trainer exited with status {code}")
+
+    def _checkpoint_disk_full(self) -> bool:
+        """Less room left where checkpoints go than the newest checkpoint takes."""
+        from justrl_hpc import checkpoints
+
+        ckpt_dir = self.info.run_dir / "checkpoints"
+        size = checkpoints.newest_size(ckpt_dir, self.resolved.recipe.world_size)
+        return size > 0 and not checkpoints.disk_check(ckpt_dir, size)[0]
 
     def _no_progress_streak(self) -> int:
         """Chunks started since the last verified save (or since the last submission), this one included."""

@@ -21,6 +21,8 @@ TRACKER = "latest_checkpointed_iteration.txt"
 
 # Crash classes from the tail of the log; the first match wins.
 CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    # First: a full filesystem also kills Ray actors, whose death messages would otherwise read as a node crash.
+    ("crashed-disk", re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]")),
     (
         "crashed-oom",
         re.compile(r"OutOfMemoryError|CUDA out of memory|out of memory|OOM killer|MemoryError", re.I),

@@ -1,6 +1,7 @@
 """Faults a 15-day run meets, injected on the dev cluster: each ends with nothing lost.
 
-The fast subset runs in CI; `scripts/fault-suite.sh` repeats the random ones with many seeds.
+They all run in CI; `JUSTRL_FAULT_SEEDS=1,2,3,4,5 .venv/bin/python -m pytest tests/test_faults.py` repeats the random
+ones with more seeds.
 """
 
 from __future__ import annotations
@@ -111,3 +112,39 @@ def test_preemption_during_ray_bring_up_requeues(devcluster, rehearsal_data, tmp
     names = [e["event"] for e in ledger(run_dir)]
     assert names.index("requeued") < names.index("finished")
     assert str(job) in out
+
+
+@pytest.mark.timeout(420)
+def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tmp_path):
+    """The checkpoints' filesystem fills up in the middle of a save (a real 5 MiB tmpfs: two rehearsal
+    checkpoints fit, the third does not). The torn save is never resumed from, the verified ones stay intact,
+    and the chain stops with one line saying how much room the next checkpoint needs."""
+    from justrl_hpc import checkpoints
+
+    run_dir = tmp_path / "diskfull"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "cluster.min_free_disk_gb=0",
+                                 steps=40, time_limit=5), timeout=120)
+    assert out.returncode == 0, out.stderr
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(ckpt)], check=True)
+    try:
+        resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
+                            timeout=380)
+        assert resume.returncode == 1, resume.stdout[-3000:] + resume.stderr[-2000:]
+        saved = [e["step"] for e in events(run_dir, "saved")]
+        assert saved[:2] == [10, 20] and 40 not in saved, saved
+        crashed = events(run_dir, "trainer-exited")[0]
+        assert crashed["reason"] == "crashed-disk" and crashed["last_saved"] == saved[-1], crashed
+        # The next chunk never trained from the torn save: it set it aside, then refused to train on a full disk.
+        failed = events(run_dir, "failed")
+        assert len(failed) == 1 and "GB free" in failed[0]["reason"] and "--resume" in failed[0]["reason"], failed
+        skipped = events(run_dir, "checkpoint-skipped")
+        assert [e["step"] for e in skipped] == [30] and "torn" in skipped[0]["moved_to"], skipped
+        assert len(events(run_dir, "trainer-started")) == 1
+        for step in saved:
+            if (ckpt / f"global_step_{step}").exists():
+                assert checkpoints.verify(ckpt / f"global_step_{step}", 2).ok, step
+        assert checkpoints.latest_good(ckpt, 2) == saved[-1]
+    finally:
+        subprocess.run(["umount", "-l", str(ckpt)], check=False)

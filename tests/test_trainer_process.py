@@ -71,6 +71,8 @@ def test_classify_exit():
     assert classify_exit(0, False, "") == "exited-early"  # a "resume" that trained nothing is no success
     assert classify_exit(1, False, "torch.OutOfMemoryError: CUDA out of memory.") == "crashed-oom"
     assert classify_exit(1, False, "[Rank 3] Watchdog caught collective operation timeout") == "crashed-nccl"
+    disk_full = "OSError: [Errno 28] No space left on device\nray.exceptions.ActorDiedError: The actor died"
+    assert classify_exit(1, False, disk_full) == "crashed-disk"  # not a node crash: the disk filled up
     assert classify_exit(1, False, "ray.exceptions.NodeDiedError: node abc died") == "crashed-node"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
 
