@@ -111,7 +111,7 @@ def test_verl_writer_is_summarywriter_add_scalar():
     """What the reader's fast path is built for: verl 0.9.1 logs through SummaryWriter.add_scalar."""
     spec = importlib.util.find_spec("verl")  # the top level only: importing verl.utils costs ~20 s
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("verl is not installed")
+        pytest.fail("verl is not installed (pip install -e '.[train]'): this test reads its tracking.py")
     source = (Path(spec.submodule_search_locations[0]) / "utils" / "tracking.py").read_text()
     adapter = source[source.index("class _TensorboardAdapter") :]
     adapter = adapter[: adapter.index("\nclass ")]

@@ -250,17 +250,7 @@ def _finding(
     node: str | None,
     gpu: int | None = None,
 ) -> Finding:
-    return Finding(
-        rule=rule,
-        severity=severity,
-        key=f"{rule}:{subject}",
-        metric=metric,
-        value=value,
-        threshold=threshold,
-        message=message,
-        node=node,
-        gpu=gpu,
-    )
+    return Finding.of(rule, severity, subject, metric, value, threshold, message, node=node, gpu=gpu)
 
 
 def _trend(points: list[tuple[float, float]]) -> tuple[float, float]:

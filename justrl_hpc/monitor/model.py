@@ -31,6 +31,21 @@ class Finding:
     node: str | None = None
     gpu: int | None = None
 
+    @classmethod
+    def of(
+        cls,
+        rule: str,
+        severity: Severity,
+        subject: str,
+        metric: str,
+        value: float | int | str | None,
+        threshold: float | int | str | None,
+        message: str,
+        **where: Any,
+    ) -> Finding:
+        """The finding of `rule` about `subject` (a host, a GPU, a metric): one de-duplication key per pair."""
+        return cls(rule, severity, f"{rule}:{subject}", metric, value, threshold, message, **where)
+
 
 @dataclass
 class Alert:

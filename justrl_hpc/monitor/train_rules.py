@@ -849,16 +849,7 @@ def _pfinding(
     msg: str,
     step: int | None,
 ) -> Finding:
-    return Finding(
-        rule=rule,
-        severity=severity,
-        key=f"{rule}:{subject}",
-        metric=metric,
-        value=value,
-        threshold=threshold,
-        message=msg,
-        step=step,
-    )
+    return Finding.of(rule, severity, subject, metric, value, threshold, msg, step=step)
 
 
 def evaluate_progress(
