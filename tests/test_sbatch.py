@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_lifecycle import launch_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "sbatch" / "train.sbatch"
@@ -167,25 +168,8 @@ def test_train_sbatch_hits_its_limit_saves_requeues_and_resumes(devcluster, rehe
 
     data = rehearsal_data
     run_dir = tmp_path / "plain"
-    sets = [
-        f"recipe.model_path={data / 'model'}",
-        f"recipe.train_files=[{data / 'train.parquet'}]",
-        f"recipe.val_files=[{data / 'val.parquet'}]",
-        "recipe.total_training_steps=400",  # never reached: the test ends after the resumed chunk saves
-    ]
-    args = [
-        sys.executable,
-        "-m",
-        "justrl_hpc.launch",
-        "--recipe",
-        "rehearsal",
-        "--cluster",
-        "dev",
-        "--nodes",
-        "2",
-    ]
-    args += ["--name", "plain-sbatch", "--run-dir", str(run_dir), "--time-limit", "2", "--create-only"]
-    args += [a for s in sets for a in ("--set", s)]
+    # total_training_steps is never reached: the test ends after the resumed chunk saves.
+    args = launch_args(data, run_dir, "--create-only", steps=400, time_limit=2)
     made = subprocess.run(args, capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
 

@@ -472,16 +472,9 @@ class TrainingWatch:
         msg: str,
         step: int,
     ) -> Finding:
-        return Finding(
-            rule=rule,
-            severity=severity,
-            key=f"{rule}:{subject}",
-            metric=metric,
-            value=round(value, 4) if isinstance(value, float) else value,
-            threshold=round(threshold, 4) if isinstance(threshold, float) else threshold,
-            message=msg,
-            step=step,
-        )
+        value = round(value, 4) if isinstance(value, float) else value
+        threshold = round(threshold, 4) if isinstance(threshold, float) else threshold
+        return Finding.of(rule, severity, subject, metric, value, threshold, msg, step=step)
 
     # T1
     def _nonfinite(self, step: int, values: Mapping[str, Any], derived: dict[str, Any]) -> list[Finding]:
