@@ -624,6 +624,11 @@ class Tmux:
                 raise AssertionError(f"screen never showed {what}:\n{screen}")
             time.sleep(0.2)
 
+    def frame(self, predicate: Callable[[str], bool], what: str, timeout: float = 60.0) -> str:
+        """A whole dashboard frame: rich writes a frame top to bottom, so a capture taken mid-write has the
+        top rows only; the footer (`q quit`) is the last row written."""
+        return self.wait(lambda s: predicate(s) and _footer_drawn(s), what, timeout)
+
     def kill(self) -> None:
         subprocess.run(
             ["tmux", "-S", str(self.sock), "kill-server"], capture_output=True, timeout=30, check=False
@@ -659,6 +664,11 @@ def _at_prompt(screen: str) -> bool:
     return bool(lines) and lines[-1].rstrip().endswith("READY$")
 
 
+def _footer_drawn(screen: str) -> bool:
+    lines = [line for line in screen.splitlines() if line.strip()]
+    return bool(lines) and "q quit" in lines[-1]
+
+
 def _quit_and_exit_0(t: Tmux, gone: str | None) -> None:
     """q ends the dashboard with status 0 and the shell reads commands again. Without a resize the
     alternate screen's frame is gone too (`gone` no longer on screen); after a resize tmux may leave the
@@ -685,7 +695,7 @@ def test_dashboard_at_80x24_shows_every_panel_and_q_restores_the_terminal(
 ) -> None:
     t = tmux_factory(80, 24, justrl_run.dir.parent.parent)
     t.type(_dashboard_cmd("--interval", "1", "justrl-ds"))
-    screen = t.wait(lambda s: "1.375" in s, "the entropy value")
+    screen = t.frame(lambda s: "1.375" in s, "the entropy value")
     lines = screen.splitlines()
     assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
     v = load_view(justrl_run.dir, use_slurm=False)
@@ -697,10 +707,10 @@ def test_dashboard_at_80x24_shows_every_panel_and_q_restores_the_terminal(
     # a new step arrives while it is open: the next refresh shows it
     justrl_run.event("step", time.time(), "4001", 4, step=v.step + 1)
     justrl_run.write_ledger()
-    t.wait(lambda s: f"step {v.step + 1:,}/4,380" in s, "the new step")
+    t.frame(lambda s: f"step {v.step + 1:,}/4,380" in s, "the new step")
     # the terminal grows: the next frame uses the room (panels, two-line GPU cells)
     t.resize(200, 60)
-    screen = t.wait(lambda s: "╭─ training curves" in s, "the large layout after the resize")
+    screen = t.frame(lambda s: "╭─ training curves" in s, "the large layout after the resize")
     assert max(len(line) for line in screen.splitlines()) > 150 and "°" in screen
     _quit_and_exit_0(t, None)
     _terminal_restored(t, tmp_path / "stty.txt")
@@ -715,7 +725,7 @@ def test_dashboard_at_200x60_uses_the_space_and_tab_switches_runs(
     (other.dir / "monitor.heartbeat").unlink()  # beta's daemon is not running
     t = tmux_factory(200, 60, tmp_path)
     t.type(_dashboard_cmd())  # no argument: every run under ./runs
-    screen = t.wait(lambda s: "1.375" in s, "the entropy value")
+    screen = t.frame(lambda s: "1.375" in s, "the entropy value")
     lines = screen.splitlines()
     assert len(lines) <= 60 and max(len(line) for line in lines) > 150
     assert (
@@ -726,10 +736,10 @@ def test_dashboard_at_200x60_uses_the_space_and_tab_switches_runs(
     header = lines[1]
     assert "alpha" in header
     t.send("Tab")
-    screen = t.wait(lambda s: "beta" in s.splitlines()[1], "beta's header after tab")
+    screen = t.frame(lambda s: "beta" in s.splitlines()[1], "beta's header after tab")
     assert "monitor blind: no daemon heartbeat" in screen
     t.send("Left")
-    t.wait(lambda s: "alpha" in s.splitlines()[1], "alpha again after ←")
+    t.frame(lambda s: "alpha" in s.splitlines()[1], "alpha again after ←")
     _quit_and_exit_0(t, "1.375")
     _terminal_restored(t, tmp_path / "stty.txt")
 
@@ -790,7 +800,7 @@ def test_dashboard_on_a_real_rehearsal_run_folder(
 
     t = tmux_factory(80, 24, tmp_path)
     t.type(_dashboard_cmd("--interval", "1", "rehearsal-F3"))
-    screen = t.wait(lambda s: latest in s, "the latest entropy value")
+    screen = t.frame(lambda s: latest in s, "the latest entropy value")
     lines = screen.splitlines()
     assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
     assert "step 120/120" in screen and "FINISHED" in screen
@@ -798,6 +808,6 @@ def test_dashboard_on_a_real_rehearsal_run_folder(
     assert "n1" in screen and "n2" in screen and "no GPUs" in screen  # the dev cluster's nodes, replayed
     assert "time-limit" in screen and "finished" in screen
     t.resize(200, 60)
-    screen = t.wait(lambda s: "╭─ training curves" in s, "the large layout")
+    screen = t.frame(lambda s: "╭─ training curves" in s, "the large layout")
     assert all(a["rule"] in screen for a in raised), screen
     _quit_and_exit_0(t, None)
