@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Installs justrl-hpc on a fresh Debian 12 machine: Slurm + munge + tmux from Debian, a venv with the CPU
-# build of torch, verl and the suite. Safe to run again (it only adds what is missing).
+# Installs justrl-hpc on a fresh Debian 12 machine: Slurm + munge + tmux (+ faketime, for the clock-skew
+# fault test) from Debian, a venv with the CPU build of torch, verl and the suite. Safe to run again (it
+# only adds what is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v tmux >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v tmux >/dev/null \
+  || ! command -v faketime >/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slurm-wlm munge tmux >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slurm-wlm munge tmux faketime >/dev/null
 fi
 
 PY=${PYTHON:-python3}

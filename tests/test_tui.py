@@ -168,6 +168,9 @@ class RunBuilder:
                     "ram_total_bytes": 1024 << 30,
                 }
                 fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+        # The agent wrote its last line then: the file's mtime says so too (the tail reads a backlog's
+        # arrival from it).
+        os.utime(self.dir / "telemetry" / f"{host}.jsonl", (last_time, last_time))
 
     def alert(self, state: str, t: float, **kw: Any) -> None:
         JsonlSink(self.dir).send(Alert(run=self.dir.name, state=state, time=t, **kw))

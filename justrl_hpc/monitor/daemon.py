@@ -344,7 +344,8 @@ class RunMonitor:
                     head = fh.read(HEAD_BYTES).decode("latin-1")
             except OSError:
                 continue
-            tail = TelemetryTail(directory, {host: Cursor(inode=st.st_ino, offset=start, head=head)})
+            cursor = Cursor(inode=st.st_ino, offset=start, head=head, skew=float(c.get("skew") or 0.0))
+            tail = TelemetryTail(directory, {host: cursor})
             batch = tail.poll(max_bytes_per_host=offset - start)
             keep = [s for s in batch.samples.get(host, []) if last - history <= s["time"] <= last]
             self.window.add({host: keep})
@@ -395,7 +396,7 @@ class RunMonitor:
         self._read_ledger(report)
         self._read_slurm(now)
         self._read_tensorboard(report, final)
-        batch = self.telemetry.poll()
+        batch = self.telemetry.poll(now=now)
         report.samples = batch.count
         self.window.add(batch.samples)
         by_host = self.window.by_host(now)

@@ -129,6 +129,7 @@ class GpuRuleSettings:
     nccl_hang_gpu_fraction: float = 0.90
     silent_intervals: float = 3.0
     silent_min_s: float = 30.0  # shared filesystems show new lines late; never call an agent silent sooner
+    clock_skew_s: float = 30.0  # a node clock this far from the monitor's (estimated by the telemetry tail)
     min_coverage: float = 0.8  # a windowed rule needs samples over this share of its window
 
     def history_s(self) -> float:
@@ -986,7 +987,30 @@ def rule_lost(
     return out
 
 
+def rule_clock_skew(
+    host: str, samples: list[dict[str, Any]], gpus: dict[int, GpuSeries], now: float, st: GpuRuleSettings
+) -> list[Finding]:
+    skew = _num(samples[-1].get("clock_skew_s"))
+    if skew is None or abs(skew) < st.clock_skew_s:
+        return []
+    side = "behind" if skew < 0 else "ahead of"
+    return [
+        _finding(
+            "S6-clock-skew",
+            "warn",
+            host,
+            "clock_skew_s",
+            round(skew),
+            st.clock_skew_s,
+            f"{host}: its clock is about {abs(skew):.0f} s {side} the monitor's; its telemetry is shifted onto "
+            f"the monitor's clock, but its logs' and checkpoints' times are off: check NTP/chrony on {host}",
+            host,
+        )
+    ]
+
+
 HOST_RULES: tuple[HostRule, ...] = (
+    rule_clock_skew,
     rule_ecc,
     rule_row_remap,
     rule_recovery_action,
@@ -1013,6 +1037,10 @@ def rule_agent_silent(
         interval = _num(last.get("interval")) or 5.0
         limit = max(st.silent_intervals * interval, st.silent_min_s)
         age = now - float(last["time"])
+        arrived = _num(last.get("arrived"))
+        if arrived is not None:
+            # Seen by the monitor since: a node clock that runs behind must not make a live agent silent.
+            age = min(age, now - arrived)
         if age > limit:
             out.append(
                 _finding(

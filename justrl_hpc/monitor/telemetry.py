@@ -5,12 +5,23 @@ Per host it keeps a cursor (inode, offset, last sample time) that the engine per
 (<host>.jsonl → <host>.jsonl.1): the rest of the rotated file is read before the new one. A line is read
 only once it ends in a newline (the agent writes each line whole; an unterminated end is a write in
 flight); a complete line that is not a JSON object is skipped and reported, never fatal.
+
+Clock skew: a sample's `time` is the node's clock. Given the monitor's clock (`poll(now=...)`), the tail
+bounds each node's offset from when new lines appear: lines that arrive between two polls were written
+between them, so their newest time minus the monitor's time at those polls brackets the skew (and a line
+from the future bounds it at once). Each sample read with `now` also carries `arrived`: the monitor's time
+of the poll that read it (the file's mtime for a backlog), so silence can be judged on the monitor's own
+clock before any bracket exists. The estimate
+moves only as far as a bracket forces it (it stays 0 for synchronised clocks), and samples are shifted onto
+the monitor's clock (`time`), keeping the node's own as `host_time` and the estimate as `clock_skew_s`.
+Without that a node whose clock is behind looks silent, and one whose clock is ahead never does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +51,9 @@ class Cursor:
     last_time: float | None = None
     final: bool = False  # the last line read was the agent's clean-stop line
     head: str = ""  # the file's first bytes (up to HEAD_BYTES): its identity beside the inode
+    skew: float = 0.0  # the node's clock minus the monitor's, in seconds (see the module docstring)
+    polled_at: float | None = None  # the monitor's clock at the last poll that gave `now`
+    caught_up: bool = False  # that poll read the file to its end: what appears next was written after it
 
 
 @dataclass
@@ -57,9 +71,13 @@ class TelemetryBatch:
 
 
 class TelemetryTail:
-    def __init__(self, directory: Path, cursors: dict[str, Cursor] | None = None) -> None:
+    def __init__(
+        self, directory: Path, cursors: dict[str, Cursor] | None = None, arrival_slack_s: float = 5.0
+    ) -> None:
         self.directory = Path(directory)
         self.cursors: dict[str, Cursor] = dict(cursors or {})
+        # How late a shared filesystem may show a line written before the last poll.
+        self.arrival_slack_s = arrival_slack_s
 
     # -- persistence ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -71,6 +89,9 @@ class TelemetryTail:
                 "last_time": c.last_time,
                 "final": c.final,
                 "head": c.head,
+                "skew": c.skew,
+                "polled_at": c.polled_at,
+                "caught_up": c.caught_up,
             }
             for host, c in sorted(self.cursors.items())
         }
@@ -85,12 +106,15 @@ class TelemetryTail:
                 last_time=c.get("last_time"),
                 final=bool(c.get("final", False)),
                 head=str(c.get("head", "")),
+                skew=float(c.get("skew") or 0.0),
+                polled_at=c.get("polled_at"),
+                caught_up=bool(c.get("caught_up", False)),
             )
         return cls(directory, cursors)
 
     # -- queries ---------------------------------------------------------------------------------------
     def last_seen(self) -> dict[str, float]:
-        """Time of the newest sample per host (the agent's clock), for "agent silent"."""
+        """Time of the newest sample per host (on the monitor's clock once skew is known)."""
         return {h: c.last_time for h, c in self.cursors.items() if c.last_time is not None}
 
     def stopped_cleanly(self) -> set[str]:
@@ -104,21 +128,67 @@ class TelemetryTail:
         return sorted(found | set(self.cursors))
 
     # -- the poll ------------------------------------------------------------------------------------------
-    def poll(self, max_bytes_per_host: int | None = None) -> TelemetryBatch:
-        """Everything new since the last poll (up to max_bytes_per_host per host, if given)."""
+    def poll(self, max_bytes_per_host: int | None = None, now: float | None = None) -> TelemetryBatch:
+        """Everything new since the last poll (up to max_bytes_per_host per host, if given). `now`, the
+        monitor's clock, lets the tail estimate each node's clock skew and correct for it."""
         batch = TelemetryBatch()
         for host in self.hosts():
-            self._poll_host(host, batch, max_bytes_per_host)
+            cur = self.cursors.setdefault(host, Cursor())
+            # Lines that appear now were written after the last poll only if that poll read to the end.
+            since = cur.polled_at if cur.caught_up else None
+            caught_up, mtime = self._poll_host(host, batch, max_bytes_per_host)
+            self._settle(host, cur, batch, since, now, mtime)
+            if now is not None:
+                cur.polled_at, cur.caught_up = now, caught_up
         return batch
 
-    def _poll_host(self, host: str, batch: TelemetryBatch, budget: int | None) -> None:
+    def _settle(
+        self,
+        host: str,
+        cur: Cursor,
+        batch: TelemetryBatch,
+        since: float | None,
+        now: float | None,
+        mtime: float | None,
+    ) -> None:
+        """Update the skew estimate from this poll's new lines, then put them on the monitor's clock."""
+        new = batch.samples.get(host)
+        if not new:
+            return
+        if now is not None:
+            times = [float(s["time"]) for s in new]
+            # Each line was written at a monitor time w ≤ now, and after `since` (less the slack) when that
+            # is known: skew = time - w. The newest line bounds it from below, the oldest from above; a
+            # line from the future needs no bracket.
+            lo = max(times) - now
+            hi = min(times) - since + self.arrival_slack_s if since is not None else math.inf
+            before = cur.skew
+            cur.skew = min(max(cur.skew, lo), hi)
+            if abs(cur.skew - before) >= 1.0:
+                log.info("telemetry clock host=%s: skew estimate %+.0f s (was %+.0f s)", host, cur.skew, before)
+        # A line that appeared since the last poll was there by now; a backlog line (no bracket) by the
+        # file's last change, where the filesystem's clock is the best witness there is.
+        arrived = now if since is not None or mtime is None or now is None else min(now, mtime)
+        for s in new:
+            if arrived is not None:
+                s["arrived"] = arrived
+            if cur.skew:
+                s["host_time"] = s["time"]
+                s["time"] = float(s["time"]) - cur.skew
+                s["clock_skew_s"] = round(cur.skew, 1)
+            if cur.last_time is None or s["time"] >= cur.last_time:
+                cur.last_time = float(s["time"])
+                cur.final = bool(s.get("final", False))
+
+    def _poll_host(self, host: str, batch: TelemetryBatch, budget: int | None) -> tuple[bool, float | None]:
+        """Reads the host's new lines into the batch: (read the live file to its end, its mtime)."""
         cur = self.cursors.setdefault(host, Cursor())
         live = self.directory / f"{host}{SUFFIX}"
         rotated = self.directory / f"{host}{SUFFIX}.1"
         try:
             st = live.stat()
         except FileNotFoundError:
-            return
+            return False, None
         if cur.inode and not self._same_file(live, st.st_ino, cur):
             # The file we were reading was rotated: finish it if it is the .1, else it is gone.
             try:
@@ -128,7 +198,7 @@ class TelemetryTail:
             if rst is not None and self._same_file(rotated, rst.st_ino, cur):
                 self._read(host, rotated, cur, batch, budget, finished=True)
                 if cur.offset < rst.st_size:
-                    return  # budget spent inside the rotated file; the rest next poll
+                    return False, st.st_mtime  # budget spent inside the rotated file; the rest next poll
             else:
                 batch.gaps.append(
                     f"{host}: telemetry rotated more than once between polls; some samples lost"
@@ -139,9 +209,10 @@ class TelemetryTail:
             cur.inode = st.st_ino
         if st.st_size < cur.offset:  # truncated in place (someone emptied it): start again
             cur.offset, cur.head = 0, ""
-        self._read(host, live, cur, batch, budget, finished=False)
+        caught_up = self._read(host, live, cur, batch, budget, finished=False)
         if len(cur.head) < HEAD_BYTES:
             cur.head = _head(live, HEAD_BYTES)
+        return caught_up, st.st_mtime
 
     @staticmethod
     def _same_file(path: Path, inode: int, cur: Cursor) -> bool:
@@ -153,12 +224,13 @@ class TelemetryTail:
 
     def _read(
         self, host: str, path: Path, cur: Cursor, batch: TelemetryBatch, budget: int | None, finished: bool
-    ) -> None:
+    ) -> bool:
+        """True when it read to the file's end (a partial last line is a write in flight: not the end)."""
         limit = budget
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return
+            return False
         try:
             size = os.fstat(fd).st_size
             pos = cur.offset
@@ -191,6 +263,7 @@ class TelemetryTail:
             cur.offset = pos
         finally:
             os.close(fd)
+        return pos >= size
 
     def _parse(
         self, host: str, path: Path, base: int, data: bytes, cur: Cursor, batch: TelemetryBatch
@@ -212,9 +285,6 @@ class TelemetryTail:
                 continue
             sample.setdefault("host", host)
             out.append(sample)
-            if cur.last_time is None or sample["time"] >= cur.last_time:
-                cur.last_time = float(sample["time"])
-                cur.final = bool(sample.get("final", False))
         if not out:
             batch.samples.pop(host, None)
 

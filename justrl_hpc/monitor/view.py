@@ -419,7 +419,7 @@ def _read_telemetry(run_dir: Path, rc: _RunCache, view: RunView) -> None:
         return
     if rc.telemetry is None:
         rc.telemetry = TelemetryTail(directory, _cursors_near_end(directory, TELEMETRY_START_BYTES))
-    batch = rc.telemetry.poll()
+    batch = rc.telemetry.poll(now=view.now)  # the tail corrects node clock skew (see telemetry.py)
     for host, samples in batch.samples.items():
         newest = max(samples, key=lambda s: s["time"])
         if host not in rc.latest_sample or newest["time"] >= rc.latest_sample[host]["time"]:
@@ -462,7 +462,11 @@ def _num(value: Any) -> float | None:
 def _node_view(sample: dict[str, Any], now: float, st: GpuRuleSettings) -> NodeView:
     interval = _num(sample.get("interval")) or 5.0
     last = float(sample["time"])
-    age = max(0.0, now - last)
+    age = now - last
+    arrived = _num(sample.get("arrived"))
+    if arrived is not None:
+        age = min(age, now - arrived)  # as gpu_rules.rule_agent_silent: a clock behind is not silence
+    age = max(0.0, age)
     err = sample.get("nvml_error")
     err_name = None
     if isinstance(err, dict):
