@@ -6,6 +6,7 @@ ones with more seeds.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -148,3 +149,74 @@ def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tm
         assert checkpoints.latest_good(ckpt, 2) == saved[-1]
     finally:
         subprocess.run(["umount", "-l", str(ckpt)], check=False)
+
+
+def _job_processes(job_id: str, node: str) -> list[int]:
+    """Every process of the job on one (simulated) node: the job's own, found by their Slurm environment,
+    and the slurmstepd that holds each of them."""
+    found: set[int] = set()
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{proc}/environ", "rb").read().split(b"\0")
+            stat = open(f"/proc/{proc}/stat").read()
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job_id}".encode() in env and f"SLURMD_NODENAME={node}".encode() in env:
+            found.add(int(proc))
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            try:
+                if open(f"/proc/{ppid}/comm").read().strip() == "slurmstepd":
+                    found.add(ppid)
+            except OSError:
+                pass
+    return sorted(found)
+
+
+@pytest.mark.timeout(600)
+def test_node_lost_mid_chunk_requeues_and_resumes_from_the_last_good_save(devcluster, rehearsal_data, tmp_path):
+    """A node of a 2-node chunk dies (its slurmd and every process of the job on it, at once, SIGKILL): the
+    controller marks it down after SlurmdTimeout, ends the job NODE_FAIL and requeues it; the next chunk runs
+    on the nodes left and resumes from the last verified save; every step is trained."""
+    from justrl_hpc import devcluster as dc
+
+    run_dir = tmp_path / "nodeloss"
+    # 3 s steps: the run is still training when the controller notices the node (SlurmdTimeout=60).
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=4", "--set",
+                             "recipe.trainer_extra.rehearsal.min_step_time_s=3", steps=40, time_limit=10))
+    lost_node = None
+    try:
+        wait_for_event(run_dir, "saved", timeout=300, step=4)
+        wait_for_event(run_dir, "step", timeout=120, step=6)
+        started = events(run_dir, "started")[0]
+        job = str(started["job_id"])
+        hosts = started["hosts"].split(",")
+        assert len(hosts) == 2, started
+        lost_node = hosts[1]  # the worker node: the chunk's driver on the head node lives on, as on a cluster
+        slurmd = dc._recorded_pid(dc.Layout(devcluster.scratch).pidfile(f"slurmd-{lost_node}"))
+        victims = [p for p in [slurmd, *_job_processes(job, lost_node)] if p]
+        assert slurmd and len(victims) >= 2, victims
+        for pid in victims:  # the whole node at one instant: nobody on it reports anything
+            os.kill(pid, signal.SIGSTOP)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=480)
+        assert proc.returncode == 0, out[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        dc.up(devcluster.scratch)  # slurmd back, the node resumed, for the tests after this one
+    starts = events(run_dir, "started")
+    assert len(starts) >= 2 and lost_node not in starts[1]["hosts"].split(","), starts
+    saved_before = [e["step"] for e in events(run_dir, "saved") if e["time"] < starts[1]["time"]]
+    resumed = events(run_dir, "trainer-started")[1]
+    assert resumed["step"] == max(saved_before) >= 4, (resumed, saved_before)
+    assert events(run_dir, "finished")[0]["step"] == 40
+    assert set(tb_steps(run_dir)) >= set(range(1, 41))
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "40"
+    # The report names the lost chunk and what it threw away.
+    rep = json.loads(run_launch([sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"],
+                                timeout=60).stdout)
+    first = rep["chunks"][0]
+    assert rep["finished"] and first["last_step"] >= 6 and first["steps_lost"] == first["last_step"] - resumed["step"]

@@ -175,6 +175,48 @@ def test_a_second_launch_of_a_live_run_is_refused(devcluster, rehearsal_data, tm
     subprocess.run(["scancel", str(job)], check=False)
 
 
+@pytest.mark.timeout(300)
+def test_launches_racing_at_one_instant_submit_one_job(devcluster, rehearsal_data, tmp_path):
+    """Three launches of one new run at the same instant (a retried script, two terminals): one creates
+    the run and submits; each other says why in one line and writes nothing; Slurm holds one job."""
+    run_dir = tmp_path / "race"
+    args = launch_args(rehearsal_data, run_dir, steps=200, time_limit=3)
+    go = tmp_path / "go"
+    # Each racer imports the launcher, then spins on the same file: they enter main() within milliseconds.
+    racer = (
+        "import os, runpy, sys, time\n"
+        "import justrl_hpc.launch\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.001)\n"
+        f"sys.argv = {['justrl_hpc.launch', *args[3:]]!r}\n"
+        "runpy.run_module('justrl_hpc.launch', run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", racer], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(3)]
+    time.sleep(3)  # every racer imported and spinning
+    go.touch()
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    won = [r for r in results if r[0] == 0]
+    lost = [r for r in results if r[0] != 0]
+    assert len(won) == 1 and len(lost) == 2, results
+    for code, _out, err in lost:
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: run:") and (
+            "another launch of race is running right now" in err or "is live as job" in err
+        ), err
+    submitted = events(run_dir, "submitted")
+    assert len(submitted) == 1 and f"submitted job {submitted[0]['job_id']}" in won[0][1]
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "justrl-race"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    try:
+        assert jobs == [str(submitted[0]["job_id"])], jobs
+        from justrl_hpc import rundir
+
+        assert rundir.load(run_dir).run.name == "race"  # the winner's run.yaml, whole
+    finally:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
 @pytest.mark.timeout(400)
 def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data, tmp_path):
     run_dir = tmp_path / "savenow"
