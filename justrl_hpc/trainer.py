@@ -35,7 +35,7 @@ CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "crashed-node",
         re.compile(
             r"NodeDiedError|node .* (died|dead)|RaySystemError|GCS .* (unavailable|failed)|"
-            r"ActorDiedError|Ray cluster .* not .*nodes",
+            r"ActorDiedError|ActorUnavailableError|Ray cluster .* not .*nodes",
             re.I,
         ),
     ),

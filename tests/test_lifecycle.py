@@ -184,11 +184,10 @@ def test_launches_racing_at_one_instant_submit_one_job(devcluster, rehearsal_dat
     go = tmp_path / "go"
     # Each racer imports the launcher, then spins on the same file: they enter main() within milliseconds.
     racer = (
-        "import os, runpy, sys, time\n"
+        "import os, sys, time\n"
         "import justrl_hpc.launch\n"
         f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.001)\n"
-        f"sys.argv = {['justrl_hpc.launch', *args[3:]]!r}\n"
-        "runpy.run_module('justrl_hpc.launch', run_name='__main__')\n"
+        f"sys.exit(justrl_hpc.launch.main({args[3:]!r}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-c", racer], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

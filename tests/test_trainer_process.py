@@ -74,6 +74,10 @@ def test_classify_exit():
     disk_full = "OSError: [Errno 28] No space left on device\nray.exceptions.ActorDiedError: The actor died"
     assert classify_exit(1, False, disk_full) == "crashed-disk"  # not a node crash: the disk filled up
     assert classify_exit(1, False, "ray.exceptions.NodeDiedError: node abc died") == "crashed-node"
+    # What the rehearsal printed when test_faults killed a node under it (Ray's actor on that node gone).
+    lost = ("ray.exceptions.ActorUnavailableError: The actor d3e5bd6c is unavailable: The actor is temporarily "
+            "unavailable: RpcError: RPC error: failed to connect to all addresses")
+    assert classify_exit(1, False, lost) == "crashed-node"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
 
 
