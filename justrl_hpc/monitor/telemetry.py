@@ -11,9 +11,9 @@ bounds each node's offset from when new lines appear: lines that arrive between 
 between them, so their newest time minus the monitor's time at those polls brackets the skew (and a line
 from the future bounds it at once). Each sample read with `now` also carries `arrived`: the monitor's time
 of the poll that read it (the file's mtime for a backlog), so silence can be judged on the monitor's own
-clock before any bracket exists. The estimate
-moves only as far as a bracket forces it (it stays 0 for synchronised clocks), and samples are shifted onto
-the monitor's clock (`time`), keeping the node's own as `host_time` and the estimate as `clock_skew_s`.
+clock before any bracket exists. The estimate moves only as far as a bracket forces it (it stays 0 for
+synchronised clocks), and samples are shifted onto the monitor's clock (`time`), keeping the node's own as
+`host_time` and the estimate as `clock_skew_s`.
 Without that a node whose clock is behind looks silent, and one whose clock is ahead never does.
 """
 
