@@ -208,7 +208,16 @@ def _per_gpu(samples: list[dict[str, Any]]) -> dict[int, GpuSeries]:
     return out
 
 
+_INF = math.inf
+
+
 def _num(value: Any) -> float | None:
+    # The exact-type checks first: this runs ~10⁶ times a cycle at 32 GPUs (bool is not int here).
+    kind = type(value)
+    if kind is float:
+        return None if value != value or value == _INF or value == -_INF else value
+    if kind is int:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) or math.isinf(value) else float(value)
@@ -219,7 +228,13 @@ def _increase(values: Iterable[Any]) -> float:
     total = 0.0
     prev: float | None = None
     for v in values:
-        x = _num(v)
+        kind = type(v)
+        if kind is int:
+            x: float | None = v
+        elif kind is float:
+            x = None if v != v or v == _INF or v == -_INF else v
+        else:
+            x = _num(v)
         if x is None:
             continue
         if prev is not None and x > prev:
