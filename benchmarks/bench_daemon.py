@@ -97,6 +97,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--history-s", type=int, default=60,
+                    help="telemetry written before the daemon starts (1800: the GPU rules' full window)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,8 +107,8 @@ def main() -> int:
         cfg = Path(tmp) / "monitor.yaml"
         cfg.write_text(f"daemon:\n  interval_s: {args.interval}\n  slurm_every_s: 3600\n")
         t0 = time.time()
-        for k in range(60):  # a minute of history before the daemon starts
-            feeder.telemetry(t0 - 60 + k)
+        for k in range(args.history_s):  # history before the daemon starts
+            feeder.telemetry(t0 - args.history_s + k)
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUSTRL_")} | {"PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "justrl_hpc.monitor.cli", "daemon", str(run), "--config", str(cfg)],
@@ -117,7 +119,9 @@ def main() -> int:
         p = psutil.Process(proc.pid)
         end_warm = time.monotonic() + 5.0
         next_tb = 0.0
-        while time.monotonic() < end_warm:  # imports and the cold read are start-up, not steady state
+        beat = run / "monitor.heartbeat"
+        # Imports, the cold read and the first cycle are start-up, not steady state.
+        while time.monotonic() < end_warm or not beat.exists():
             feeder.telemetry(time.time())
             time.sleep(1.0)
         c0, m0 = p.cpu_times(), time.monotonic()
@@ -152,6 +156,7 @@ def main() -> int:
             "tb_scalars_per_step": len(feeder.tags),
             "interval_s": args.interval,
             "seconds": round(m1 - m0, 1),
+            "history_s_before_start": args.history_s,
             "cpu_percent_of_one_core": round(100 * cpu / (m1 - m0), 2),
             "rss_mib_max": round(max(rss) / (1 << 20), 1),
             "alert_latency_s": None if latency is None else round(latency, 2),

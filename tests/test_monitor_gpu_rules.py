@@ -402,3 +402,32 @@ def test_example_rules_file_holds_exactly_the_defaults() -> None:
     )
     assert GpuRuleSettings.from_dict(data["gpu"]) == GpuRuleSettings()
     assert set(data["gpu"]) == set(vars(GpuRuleSettings()))
+
+
+def test_thinned_window_raises_what_the_full_window_raises() -> None:
+    """The daemon's window keeps every sample for the dense part only (10 min) and one per 30 s before it;
+    replayed at 1 Hz for 30 min, with a RAM leak for the trend and the recording's XID, throttling and lost
+    GPU, every evaluation finds exactly what the full window finds, in a fraction of the samples."""
+    rng = random.Random(3)
+    samples = samples_from_recording(RECORDING, host="gpu-n1", start=T0, interval=1.0, limit=None)
+    while len(samples) < 1800:  # the recording's healthy part again, to fill half an hour
+        more = samples_from_recording(RECORDING, host="gpu-n1", start=samples[-1]["time"] + 1, interval=1.0,
+                                      limit=HEALTHY)
+        samples += more
+    samples = sorted(samples, key=lambda s: s["time"])[:1800]
+    for k, s in enumerate(samples):
+        s["host_stats"] = host_stats(rng)
+        s["host_stats"]["ram_used_bytes"] = int((1200 + 8 * k / 60) * GIB)  # 8 GiB a minute
+    st = GpuRuleSettings()
+    full_win, thin_win = SampleWindow(st.history_s()), SampleWindow(st.history_s(), dense_s=st.dense_s())
+    checked = 0
+    for k in range(0, 1800, 60):
+        batch = {"gpu-n1": samples[k : k + 60]}
+        full_win.add(batch)
+        thin_win.add(batch)
+        now = samples[min(k + 59, 1799)]["time"] + 1
+        full, thin = full_win.by_host(now), thin_win.by_host(now)
+        assert keys(evaluate(thin, now, st)) == keys(evaluate(full, now, st)), now - T0
+        checked += 1
+    assert checked == 30 and len(thin["gpu-n1"]) < 0.5 * len(full["gpu-n1"])
+    assert "G12-memory:gpu-n1:ram-trend" in keys(evaluate(thin, now, st))

@@ -54,6 +54,10 @@ STEP_TIMES_KEPT = 200  # recent timing_s/step values, for the stall rule's p95
 # -- settings -------------------------------------------------------------------------------------------------
 
 
+WARM_SLICE_BYTES = 1 << 20  # telemetry read per host per slice (see _read_telemetry)
+MAX_SLICES_PER_CYCLE = 4096  # the rest of a backlog larger than 4 GiB per host waits for the next cycle
+
+
 @dataclass
 class DaemonSettings:
     """The `daemon:` section of configs/monitor.yaml."""
@@ -311,7 +315,7 @@ class RunMonitor:
             self.watch = train_rules.TrainingWatch(tset, self.max_response_length)
         tel_state = self.store.get("telemetry")
         self.telemetry = TelemetryTail.from_state(self.run_dir / "telemetry", tel_state)
-        self.window = SampleWindow(self.config.gpu.history_s())
+        self.window = SampleWindow(self.config.gpu.history_s(), dense_s=self.config.gpu.dense_s())
         self._warm_window(tel_state or {})
         self.job: Any = None
         self._slurm_at = -math.inf
@@ -346,9 +350,16 @@ class RunMonitor:
                 continue
             cursor = Cursor(inode=st.st_ino, offset=start, head=head, skew=float(c.get("skew") or 0.0))
             tail = TelemetryTail(directory, {host: cursor})
-            batch = tail.poll(max_bytes_per_host=offset - start)
-            keep = [s for s in batch.samples.get(host, []) if last - history <= s["time"] <= last]
-            self.window.add({host: keep})
+            # A slice at a time, thinned as it goes: parsing 32 MiB at once would leave the process that
+            # much bigger for good (freed dicts rarely go back to the OS).
+            while cursor.offset < offset:
+                before = cursor.offset
+                batch = tail.poll(max_bytes_per_host=min(WARM_SLICE_BYTES, offset - cursor.offset))
+                keep = [s for s in batch.samples.get(host, []) if last - history <= s["time"] <= last]
+                self.window.add({host: keep})
+                self.window.trim(last)
+                if cursor.offset == before:
+                    break
 
     def _redeliver(self) -> None:
         """Transitions committed but not delivered when the last daemon stopped: deliver them now."""
@@ -396,9 +407,7 @@ class RunMonitor:
         self._read_ledger(report)
         self._read_slurm(now)
         self._read_tensorboard(report, final)
-        batch = self.telemetry.poll(now=now)
-        report.samples = batch.count
-        self.window.add(batch.samples)
+        recent = self._read_telemetry(now, report)
         by_host = self.window.by_host(now)
         if by_host:
             self.book.update("gpu", gpu_rules.evaluate(by_host, now, self.config.gpu), now)
@@ -419,8 +428,26 @@ class RunMonitor:
         report.alerts = alerts
         for a in alerts:
             self.dispatcher.dispatch(a)
-        self._tell(now, batch.samples, report)
+        self._tell(now, recent, report)
         return report
+
+    def _read_telemetry(self, now: float, report: CycleReport) -> dict[str, list[dict[str, Any]]]:
+        """New telemetry into the rules' window, a slice at a time so a long backlog (a daemon started on a
+        run days in) is thinned as it is read instead of parsed whole. Returns the recent samples (the
+        monitor's own scalars summarise those, not a backlog)."""
+        horizon = now - max(2 * self.config.daemon.interval_s, 60.0)
+        recent: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(MAX_SLICES_PER_CYCLE):
+            before = {h: (c.inode, c.offset) for h, c in self.telemetry.cursors.items()}
+            part = self.telemetry.poll(max_bytes_per_host=WARM_SLICE_BYTES, now=now)
+            report.samples += part.count
+            self.window.add(part.samples)
+            self.window.trim(now)
+            for host, samples in part.samples.items():
+                recent.setdefault(host, []).extend(x for x in samples if x["time"] >= horizon)
+            if {h: (c.inode, c.offset) for h, c in self.telemetry.cursors.items()} == before:
+                break
+        return recent
 
     def _read_ledger(self, report: CycleReport) -> None:
         from justrl_hpc.ledger import Ledger

@@ -142,6 +142,16 @@ class GpuRuleSettings:
             self.hw_slowdown_window_min * 60.0,
         )
 
+    def dense_s(self) -> float:
+        """How far back evaluate() needs every sample: the medians, coverage and per-interval rates. Older
+        samples serve the trend (a least-squares line) and the XID hold only, so the window may thin them."""
+        return max(
+            self.violation_window_s,
+            self.straggler_window_s,
+            self.nccl_hang_window_s,
+            self.hw_slowdown_window_min * 60.0,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> GpuRuleSettings:
         """From the YAML `gpu:` section; an unknown key raises ValueError naming it (the CLI turns it into

@@ -307,11 +307,20 @@ def _head(path: Path, n: int) -> str:
 
 class SampleWindow:
     """The recent samples per host that gpu_rules.evaluate() looks at: the last `history_s` seconds, but
-    always at least the newest sample of each host (so a silent agent stays visible)."""
+    always at least the newest sample of each host (so a silent agent stays visible).
 
-    def __init__(self, history_s: float = 1800.0) -> None:
+    With `dense_s`, samples older than that are thinned to one per `sparse_every_s` (a sample carrying an
+    XID event, an NVML error or the clean-stop line is always kept): at 32 GPUs × 1 Hz the full 30 minutes
+    would hold ~200 MiB of samples, and only the trend and the XID hold look that far back."""
+
+    def __init__(
+        self, history_s: float = 1800.0, dense_s: float | None = None, sparse_every_s: float = 30.0
+    ) -> None:
         self.history_s = history_s
+        self.dense_s = dense_s
+        self.sparse_every_s = sparse_every_s
         self._by_host: dict[str, deque[dict[str, Any]]] = {}
+        self._old: dict[str, deque[dict[str, Any]]] = {}
 
     def add(self, samples: dict[str, list[dict[str, Any]]]) -> None:
         for host, items in samples.items():
@@ -324,10 +333,25 @@ class SampleWindow:
 
     def trim(self, now: float) -> None:
         cutoff = now - self.history_s
-        for dq in self._by_host.values():
-            while len(dq) > 1 and dq[0]["time"] < cutoff:
+        dense_cutoff = now - self.dense_s if self.dense_s is not None else None
+        for host, dq in self._by_host.items():
+            old = self._old.setdefault(host, deque())
+            if dense_cutoff is not None:
+                while len(dq) > 1 and dq[0]["time"] < dense_cutoff:
+                    s = dq.popleft()
+                    if (
+                        not old
+                        or s["time"] - old[-1]["time"] >= self.sparse_every_s
+                        or s.get("xid_events")
+                        or s.get("nvml_error")
+                        or s.get("final")
+                    ):
+                        old.append(s)
+            while old and old[0]["time"] < cutoff:
+                old.popleft()
+            while not old and len(dq) > 1 and dq[0]["time"] < cutoff:
                 dq.popleft()
 
     def by_host(self, now: float) -> dict[str, list[dict[str, Any]]]:
         self.trim(now)
-        return {h: list(dq) for h, dq in self._by_host.items()}
+        return {h: [*self._old.get(h, ()), *dq] for h, dq in self._by_host.items()}
