@@ -624,16 +624,22 @@ class Driver:
 def spawn_releaser(job_id: str) -> None:
     """Make the requeued job eligible at once instead of after Slurm's ~120 s BeginTime hold.
 
-    It must outlive this job, so it runs in its own session; where the cluster's process tracking (cgroups)
-    ends it with the job anyway, Slurm's hold applies and `launch --wait` releases the job from outside.
+    It must outlive this job: it runs in its own session and is orphaned at once (a shell starts it in the
+    background and exits), so process tracking by descent (proctrack/linuxproc, pgid) no longer finds it
+    among the job's processes when the requeue kills them. Where cgroups hold it anyway, Slurm's hold
+    applies and `launch --wait` releases the job from outside.
     """
-    subprocess.Popen(
-        [sys.executable, "-m", "justrl_hpc.release", job_id],
+    sh = subprocess.Popen(
+        ["/bin/sh", "-c", '"$@" &', "justrl-releaser", sys.executable, "-m", "justrl_hpc.release", job_id],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
+    try:
+        sh.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def main(argv: list[str]) -> int:
