@@ -290,8 +290,25 @@ class Driver:
         try:
             outcome = self._bring_up_and_train()
         finally:
+            if self.ended:
+                self._ignore_late_limit_signal()
             self._teardown()
         return outcome
+
+    def _ignore_late_limit_signal(self) -> None:
+        """The run finished or failed for good: a pre-limit signal now (a chunk that ends near its limit)
+        must not reach submitit, whose handler would raise inside the teardown, leave Ray running and end
+        the job FAILED."""
+        job = self.info.job_id
+
+        def late(signum: int, _frame: object) -> None:
+            log(f"run {self.resolved.run.name} job {job}: {signal.Signals(signum).name} after the run ended: "
+                "ignored")
+
+        try:
+            signal.signal(requeue_signal(), late)
+        except ValueError:  # not the main thread: nothing of submitit's to keep out either
+            pass
 
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved
