@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark and appends the results, with the machine and date, to BENCHMARKS.md.
-#   bash benchmarks/run_all.sh            (about 10 minutes; starts the dev cluster)
+#   bash benchmarks/run_all.sh            (about 15 minutes; starts the dev cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -24,6 +24,11 @@ out=$(mktemp)
   echo "### Monitor daemon, 32 replayed GPUs at 1 Hz (\`$PY benchmarks/bench_daemon.py\`)"
   echo
   $PY benchmarks/bench_daemon.py
+  echo
+  echo "Steady state as deployed: the default 30 s cycle over the GPU rules' full 30-minute window"
+  echo "(\`$PY benchmarks/bench_daemon.py --interval 30 --seconds 150 --history-s 1800\`)"
+  echo
+  $PY benchmarks/bench_daemon.py --interval 30 --seconds 150 --history-s 1800
   echo
   echo "### Node agent and GPU rules (\`$PY benchmarks/bench_agent.py\`)"
   echo
