@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -717,6 +718,30 @@ def test_dashboard_at_80x24_shows_every_panel_and_q_restores_the_terminal(
     assert max(len(line) for line in screen.splitlines()) > 150 and "°" in screen
     _quit_and_exit_0(t, None)
     _terminal_restored(t, tmp_path / "stty.txt")
+
+
+def test_dashboard_killed_mid_run_and_restarted_shows_the_run_as_it_is_now(
+    tmp_path: Path, justrl_run: RunBuilder, tmux_factory: Callable[[int, int, Path], Tmux]
+) -> None:
+    """kill -9 of the dashboard (it keeps no state): the run goes on meanwhile, a new dashboard started in
+    the same terminal shows where the run is now, with the same alerts, and quits with status 0."""
+    t = tmux_factory(80, 24, justrl_run.dir.parent.parent)
+    cmd = _dashboard_cmd("--interval", "1", "justrl-ds")
+    t.type(cmd)
+    t.frame(lambda s: "1.375" in s, "the entropy value")
+    pids = subprocess.run(["pgrep", "-f", "justrl_hpc.monitor.tui --interval 1 justrl-ds"], capture_output=True,
+                          text=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), signal.SIGKILL)
+    t.wait(lambda s: "Killed" in s or "READY$" in s, "the shell after the kill")
+    v = load_view(justrl_run.dir, use_slurm=False)
+    justrl_run.event("step", time.time(), "4001", 4, step=v.step + 1)  # the run moved on meanwhile
+    justrl_run.write_ledger()
+    t.type(cmd)
+    screen = t.frame(lambda s: f"step {v.step + 1:,}/4,380" in s, "the new step after the restart")
+    assert "G7-thermal" in screen and "CRIT" in screen and "Traceback" not in screen
+    # The killed one could not restore the terminal; the new one restores what it found and exits 0.
+    _quit_and_exit_0(t, None)
 
 
 def test_dashboard_at_200x60_uses_the_space_and_tab_switches_runs(
