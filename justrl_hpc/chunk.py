@@ -92,6 +92,17 @@ class TrainChunk(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
 
 
+def ignore_limit_signal(who: str) -> None:
+    """From now on the pre-limit signal does nothing. SIG_IGN rather than a Python handler: Python puts its
+    own handlers back to the default while the process exits, and a signal in that last moment would kill
+    the task, which srun reports and Slurm turns into a FAILED job."""
+    try:
+        signal.signal(requeue_signal(), signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing of submitit's to keep out either
+        return
+    log(f"{who}: the run ended here; {requeue_signal().name} is ignored from now on")
+
+
 def requeue_signal() -> signal.Signals:
     """The signal submitit's handler turns into checkpoint() + `scontrol requeue` (USR2 unless overridden)."""
     return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
@@ -193,6 +204,7 @@ def run_node(info: ChunkInfo) -> str:
         )
         while not info.done_file.exists():
             time.sleep(1.0)
+        ignore_limit_signal(f"rank {info.rank} job {info.job_id}")
         return "done"
     finally:
         stop_process(agent)
@@ -299,16 +311,7 @@ class Driver:
         """The run finished or failed for good: a pre-limit signal now (a chunk that ends near its limit)
         must not reach submitit, whose handler would raise inside the teardown, leave Ray running and end
         the job FAILED."""
-        job = self.info.job_id
-
-        def late(signum: int, _frame: object) -> None:
-            log(f"run {self.resolved.run.name} job {job}: {signal.Signals(signum).name} after the run ended: "
-                "ignored")
-
-        try:
-            signal.signal(requeue_signal(), late)
-        except ValueError:  # not the main thread: nothing of submitit's to keep out either
-            pass
+        ignore_limit_signal(f"run {self.resolved.run.name} job {self.info.job_id}")
 
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved

@@ -236,7 +236,7 @@ def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, reh
         time.sleep(0.5)
     assert st is not None and st.state == "COMPLETED", st
     log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.*"))
-    assert "SIGUSR2 after the run ended: ignored" in log and "UncompletedJobError" not in log
+    assert "SIGUSR2 is ignored from now on" in log and "UncompletedJobError" not in log
     left = subprocess.run(["pgrep", "-f", f"justrl-ray-{job}-"], capture_output=True, text=True).stdout.split()
     assert left == [], f"Ray processes left behind: {left}"
 
