@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_monitor_daemon import wait_for
 
 from justrl_hpc.monitor import gpu_rules
 from justrl_hpc.monitor.telemetry import TelemetryTail
@@ -145,14 +146,6 @@ def _alerts(run: Path, rule: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["rule"] == rule and r["state"] == "firing"]
 
 
-def _wait(predicate: Any, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.1)
-
-
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
@@ -169,14 +162,14 @@ def test_agents_with_skewed_clocks_neither_fake_nor_hide_silence(tmp_path: Path)
     daemon = None
     try:
         tel = run / "telemetry"
-        _wait(lambda: all(_lines(tel / f"{h}.jsonl") >= 2 for h in agents), "two samples per agent", 60)
+        wait_for(lambda: all(_lines(tel / f"{h}.jsonl") >= 2 for h in agents), 60, "two samples per agent")
         first = json.loads((tel / "n2.jsonl").read_text().splitlines()[0])
         assert first["time"] < time.time() - 590  # faketime really shifted the agent's clock
         daemon = subprocess.Popen(
             [sys.executable, "-m", "justrl_hpc.monitor.cli", "daemon", str(run), "--config", str(cfg)],
             env=_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
         )
-        _wait(lambda: {a["node"] for a in _alerts(run, "S6-clock-skew")} >= {"n2", "n3"}, "S6 for n2 and n3", 60)
+        wait_for(lambda: {a["node"] for a in _alerts(run, "S6-clock-skew")} >= {"n2", "n3"}, 60, "S6 for n2 and n3")
         skew = {a["node"]: a["value"] for a in _alerts(run, "S6-clock-skew")}
         assert set(skew) == {"n2", "n3"}, skew
         assert -606 <= skew["n2"] <= -594 and 294 <= skew["n3"] <= 306, skew
@@ -186,7 +179,7 @@ def test_agents_with_skewed_clocks_neither_fake_nor_hide_silence(tmp_path: Path)
         for host in ("n2", "n3"):
             agents[host].send_signal(signal.SIGKILL)
             agents[host].wait(10)
-        _wait(lambda: {a["node"] for a in _alerts(run, "S5-agent-silent")} == {"n2", "n3"}, "S5 for n2, n3", 40)
+        wait_for(lambda: {a["node"] for a in _alerts(run, "S5-agent-silent")} == {"n2", "n3"}, 40, "S5 for n2, n3")
         took = time.monotonic() - killed
         # The limit (4 s) plus a cycle or two; n3's clock 300 s ahead would have hidden it for 5 minutes.
         assert took < 20, took
