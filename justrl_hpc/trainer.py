@@ -23,9 +23,15 @@ TRACKER = "latest_checkpointed_iteration.txt"
 CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # First: a full filesystem also kills Ray actors, whose death messages would otherwise read as a node crash.
     ("crashed-disk", re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]")),
+    # Definite statements only: Ray's worker- and raylet-death messages list "SIGKILL by the OOM killer" among
+    # *possible* causes, so a bare "OOM killer" would read every lost node as an OOM.
     (
         "crashed-oom",
-        re.compile(r"OutOfMemoryError|CUDA out of memory|out of memory|OOM killer|MemoryError", re.I),
+        re.compile(
+            r"OutOfMemoryError|CUDA out of memory|\bout of memory\b|MemoryError|"
+            r"running low on memory|oom-kill(?:er)? .*(?:killed|invoked)|Killed process \d+",
+            re.I,
+        ),
     ),
     (
         "crashed-nccl",

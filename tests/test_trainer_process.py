@@ -78,6 +78,21 @@ def test_classify_exit():
     lost = ("ray.exceptions.ActorUnavailableError: The actor d3e5bd6c is unavailable: The actor is temporarily "
             "unavailable: RpcError: RPC error: failed to connect to all addresses")
     assert classify_exit(1, False, lost) == "crashed-node"
+    # Ray's death messages name the OOM killer as a *possible* cause; CI once read a lost node as OOM from them.
+    hedged = (
+        "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task. The actor is dead "
+        "because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly "
+        "exits with a connection error code 2. End of file. Some common causes include: (1) the process was killed "
+        "by the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) the worker crashed "
+        "unexpectedly due to SIGSEGV or another unexpected error.\n"
+        "Termination is unexpected. Possible reasons include: (1) SIGKILL by the user or system OOM killer, (2) "
+        "Invalid memory access from Raylet causing SIGSEGV or SIGBUS, (3) Other termination signals."
+    )
+    assert classify_exit(1, False, hedged) == "crashed-node"
+    # Definite OOMs still read as OOM: Ray's memory monitor, the kernel's own line.
+    ray_oom = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    assert classify_exit(1, False, ray_oom + "\n" + hedged) == "crashed-oom"
+    assert classify_exit(-9, False, "Out of memory: Killed process 4242 (python)") == "crashed-oom"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
 
 
