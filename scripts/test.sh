@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ruff check justrl_hpc tests benchmarks
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The slowest tests are listed at the end so that a CI log shows where the time goes.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
