@@ -117,6 +117,7 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     assert "requeued" in out.stdout and "finished" in out.stdout
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(600)
 def test_kill_9_of_the_trainer_resumes_from_the_last_checkpoint(devcluster, rehearsal_data, tmp_path):
     run_dir = tmp_path / "kill9"
@@ -216,6 +217,7 @@ def test_launches_racing_at_one_instant_submit_one_job(devcluster, rehearsal_dat
         subprocess.run(["scancel", *jobs], check=False)
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(300)
 def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, rehearsal_data, tmp_path):
     """The run finishes close to the chunk's limit: Slurm's pre-limit USR2 lands while the chunk tears Ray

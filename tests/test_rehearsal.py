@@ -213,6 +213,7 @@ def test_accepts_the_suites_override_list_and_every_hyperparameter(tmp_path: Pat
         ("actor_rollout_ref.actor.ppo_mini_batch_size=5", "actor_rollout_ref.actor.ppo_mini_batch_size"),
         ("trainer.resume_mode=sometimes", "trainer.resume_mode"),
         ("rehearsal.min_step_time_s=-1", "rehearsal.min_step_time_s"),
+        ("rehearsal.crash_during_save_phase=midway", "rehearsal.crash_during_save_phase"),
     ],
 )
 def test_bad_value_is_one_error_line_and_exit_2(

@@ -24,6 +24,7 @@ copies verl's: only checkpoints saved by this process, only their `actor/` folde
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -124,11 +125,13 @@ class CheckpointWriter:
         world_size: int,
         max_to_keep: int | None,
         crash_during_save_at_step: int | None = None,
+        crash_during_save_phase: str = "data",
     ) -> None:
         self.root = Path(root)
         self.world_size = world_size
         self.max_to_keep = max_to_keep
         self.crash_at = crash_during_save_at_step
+        self.crash_phase = crash_during_save_phase
         self.previous: list[Path] = []  # verl's previous_saved_paths: this process's saves only
 
     def save(self, step: int, actor: Any, tokenizer: Any, data_state: dict[str, Any]) -> Path:
@@ -143,6 +146,8 @@ class CheckpointWriter:
         extra = {"lr_scheduler": actor.scheduler.state_dict(), "rng": rng_state()}
         for rank in range(self.world_size):
             files = rank_files(actor_dir, self.world_size, rank)
+            if rank == 0 and self._crash_now(step, "shard"):
+                self._die_mid_write(model_shards[rank], files["model"], step)
             torch.save(model_shards[rank], files["model"])
             torch.save(optim_shards[rank], files["optim"])
             torch.save(extra, files["extra_state"])
@@ -155,18 +160,44 @@ class CheckpointWriter:
         (actor_dir / "fsdp_config.json").write_text(
             json.dumps({"FSDP_version": 2, "world_size": self.world_size}, indent=4)
         )
-        marker = self.root / f".crash_injected_at_{step}"
-        if self.crash_at is not None and step == self.crash_at and not marker.exists():
-            marker.touch()  # a one-off fault: the resumed run saves this step normally
-            print(
-                f"rehearsal: rehearsal.crash_during_save_at_step={step}: SIGKILL after the rank shards",
-                flush=True,
-            )
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._crash_now(step, "data"):
+            self._die(step, "after the rank shards, before data.pt")
+        if self._crash_now(step, "data-file"):
+            # Every file of the save is there and one lacks its end: only the suite's zip check can tell.
+            self._die_mid_write(data_state, folder / "data.pt", step)
         torch.save(data_state, folder / "data.pt")
+        if self._crash_now(step, "tracker"):
+            self._die(step, "after data.pt, before the tracker")
         (self.root / TRACKER).write_text(str(step))  # last, and a plain write: what verl does
         self._register(actor_dir)
         return folder
+
+    def _crash_now(self, step: int, phase: str) -> bool:
+        # A one-off fault: the marker makes the resumed run save this step normally.
+        if self.crash_at != step or self.crash_phase != phase:
+            return False
+        marker = self.root / f".crash_injected_at_{step}"
+        if marker.exists():
+            return False
+        marker.touch()
+        return True
+
+    def _die(self, step: int, where: str) -> None:
+        print(f"rehearsal: rehearsal.crash_during_save_at_step={step}: SIGKILL {where}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _die_mid_write(self, state: dict[str, Any], path: Path, step: int) -> None:
+        """What kill -9 leaves of a torch.save in flight: the first part of the file, no zip end record."""
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        with open(path, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._die(step, f"half-way through {path.name} ({len(data) // 2} of {len(data)} bytes)")
 
     def _optimizer_shards(self, optimizer: Any) -> list[dict[str, Any]]:
         full = optimizer.state_dict()

@@ -219,7 +219,11 @@ def run(s: Settings) -> int:
     actor = grpo.build_actor(model, s)
     rewards = grpo.reward_manager(tokenizer, grpo.load_reward_fn(s), s)
     writer = checkpoint.CheckpointWriter(
-        s.default_local_dir, s.world_size, s.max_actor_ckpt_to_keep, s.crash_during_save_at_step
+        s.default_local_dir,
+        s.world_size,
+        s.max_actor_ckpt_to_keep,
+        s.crash_during_save_at_step,
+        s.crash_during_save_phase,
     )
     ro = rollout.make(
         model, eos_id, pad_id, s.world_size, s.nnodes, s.rollout_workers, s.expect_ray_nodes, s.threads

@@ -84,10 +84,11 @@ _SPEC: dict[str, tuple[str, Any]] = {
     # Rollout workers (Ray actors) across the allocation; default one per rank (nnodes × n_gpus_per_node).
     "rehearsal.rollout_workers": ("rollout_workers", (int, None)),
     "rehearsal.threads": ("threads", int),
-    # Fault injection for tests: raise at the start of step N; SIGKILL itself mid-save at step N
-    # (after the rank shards, before data.pt and the tracker).
+    # Fault injection for tests: raise at the start of step N; SIGKILL itself mid-save at step N, at the
+    # point the phase names (see SAVE_CRASH_PHASES).
     "rehearsal.crash_at_step": ("crash_at_step", (int, None)),
     "rehearsal.crash_during_save_at_step": ("crash_during_save_at_step", (int, None)),
+    "rehearsal.crash_during_save_phase": ("crash_during_save_phase", str),
     # Append one JSON line per trained step (step, epoch, the train rows used): the sample sequence.
     "rehearsal.sample_log": ("sample_log", (str, None)),
 }
@@ -112,6 +113,10 @@ NO_OP: dict[str, tuple[Any, str]] = {
 LOGGERS = ("console", "tensorboard")
 RESUME_MODES = ("auto", "disable", "resume_path")
 TRUNCATIONS = ("error", "left", "right", "middle")
+# Where a save dies: half-way through rank 0's model shard; after every rank's shards, before data.pt;
+# half-way through data.pt (every file there, one cut short); after data.pt, before the tracker (a complete
+# checkpoint the tracker does not name).
+SAVE_CRASH_PHASES = ("shard", "data", "data-file", "tracker")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
@@ -178,6 +183,7 @@ class Settings:
     threads: int = 1
     crash_at_step: int | None = None
     crash_during_save_at_step: int | None = None
+    crash_during_save_phase: str = "data"
     sample_log: str | None = None
     # Everything as given (dotted keys), for the tracker's config dump and the console.
     raw: dict[str, Any] = field(default_factory=dict)
@@ -305,6 +311,8 @@ def _validate(s: Settings) -> None:
         raise bad("data.truncation", f"one of {', '.join(TRUNCATIONS)}")
     if s.resume_mode not in RESUME_MODES:
         raise bad("trainer.resume_mode", f"one of {', '.join(RESUME_MODES)}")
+    if s.crash_during_save_phase not in SAVE_CRASH_PHASES:
+        raise bad("rehearsal.crash_during_save_phase", f"one of {', '.join(SAVE_CRASH_PHASES)}")
     if s.resume_mode == "resume_path" and (
         not s.resume_from_path or "global_step_" not in s.resume_from_path
     ):
