@@ -87,7 +87,7 @@ class ClusterConfig:
     # Seconds between SIGTERM and SIGKILL on preemption (GraceTime); bounds what a SIGTERM save can do.
     preempt_grace_s: int = field(default=300, metadata={"min": 0})
     # Ray's GCS port; per-job offsets avoid clashes between jobs that share a node.
-    ray_port: int = field(default=6379, metadata={"min": 1024})
+    ray_port: int = field(default=20379, metadata={"min": 1024})
     ray_wait_timeout_s: int = field(default=600, metadata={"min": 10})
     # Lines run before the chunk on each node (module loads, conda activate).
     setup: list[str] = field(default_factory=list)

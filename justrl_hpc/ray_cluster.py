@@ -32,8 +32,22 @@ class RayHead:
     job_id: str
 
 
-def ports(base: int, job_id: str, rank: int) -> dict[str, int]:
-    gcs = base + (int(job_id) % 800) * _PORT_STRIDE if job_id.isdigit() else base
+def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """Where the kernel starts handing out ephemeral source ports (32768 unless the node says otherwise)."""
+    try:
+        with open(path) as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def ports(base: int, job_id: str, rank: int, below: int | None = None) -> dict[str, int]:
+    # Every fixed port stays below the ephemeral range: any outgoing connection on the node may hold a port
+    # there by the time `ray start` binds it. The dev cluster showed it: job 288's slot was 37899, the
+    # runtime-env agent found its port taken, the raylet fate-shared with it and the chunk lost 90 s.
+    below = ephemeral_low() if below is None else below
+    slots = max(1, (below - base - _PORT_STRIDE) // _PORT_STRIDE)
+    gcs = base + (int(job_id) % slots) * _PORT_STRIDE if job_id.isdigit() else base
     node = gcs + 10 + rank * 5
     return {
         "gcs": gcs,

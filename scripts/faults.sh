@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fault-injection suite on the dev cluster (about 17 minutes on 2 cores): trainer kill -9 at random points
+# The fault-injection suite on the dev cluster (about 20 minutes on 2 cores): trainer kill -9 at random points
 # and mid-save, a node lost mid-chunk, SIGTERM-only preemption, preemption during Ray bring-up, an outside
 # requeue, the checkpoint disk filling up, a limit signal during teardown. Installs what is missing first.
 # JUSTRL_FAULT_SEEDS=1,2,3 repeats the random ones with more seeds; extra arguments go to pytest.

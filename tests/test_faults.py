@@ -1,7 +1,7 @@
 """Faults a 15-day run meets, injected on the dev cluster: each ends with nothing lost.
 
 They are the `fault` suite: `bash scripts/faults.sh` runs it (CI runs it after the test command, which leaves it out
-to stay near 15 minutes); `JUSTRL_FAULT_SEEDS=1,2,3,4,5 bash scripts/faults.sh` repeats the random ones with more
+to stay under 20 minutes); `JUSTRL_FAULT_SEEDS=1,2,3,4,5 bash scripts/faults.sh` repeats the random ones with more
 seeds.
 """
 
