@@ -86,8 +86,9 @@ class ClusterConfig:
     requeue_allowed: bool = True
     # Seconds between SIGTERM and SIGKILL on preemption (GraceTime); bounds what a SIGTERM save can do.
     preempt_grace_s: int = field(default=300, metadata={"min": 0})
-    # Ray's GCS port; per-job offsets avoid clashes between jobs that share a node.
-    ray_port: int = field(default=20379, metadata={"min": 1024})
+    # Ray's GCS port; per-job offsets avoid clashes between jobs that share a node. They stay below the
+    # kernel's ephemeral ports (32768 up), so a base near that leaves few job slots.
+    ray_port: int = field(default=20379, metadata={"min": 1024, "max": 32000})
     ray_wait_timeout_s: int = field(default=600, metadata={"min": 10})
     # Lines run before the chunk on each node (module loads, conda activate).
     setup: list[str] = field(default_factory=list)
@@ -218,6 +219,9 @@ def build(cls: type, data: Any, where: str) -> Any:
         lo = f.metadata.get("min")
         if lo is not None and value is not None and value < lo:
             raise UserError(f"must be ≥ {lo}, got {value!r}", path)
+        hi = f.metadata.get("max")
+        if hi is not None and value is not None and value > hi:
+            raise UserError(f"must be ≤ {hi}, got {value!r}", path)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise UserError(f"must be one of {', '.join(choices)}, got {value!r}", path)

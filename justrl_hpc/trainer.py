@@ -28,8 +28,9 @@ CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "crashed-oom",
         re.compile(
-            r"OutOfMemoryError|CUDA out of memory|\bout of memory\b|MemoryError|"
-            r"running low on memory|oom-kill(?:er)? .*(?:killed|invoked)|Killed process \d+",
+            # MemoryError also matches torch's and Ray's OutOfMemoryError; the last two are the kernel's lines.
+            r"MemoryError|CUDA out of memory|\bout of memory\b|running low on memory|"
+            r"invoked oom-killer|Killed process \d+",
             re.I,
         ),
     ),

@@ -47,3 +47,18 @@ def test_ephemeral_low_reads_the_kernel_setting(tmp_path: Path):
     assert ephemeral_low(str(f)) == 40000
     assert ephemeral_low(str(tmp_path / "absent")) == 32768
     assert ephemeral_low() == int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def test_a_base_port_inside_the_ephemeral_range_is_one_error_line(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "justrl_hpc.launch", "--recipe", "rehearsal", "--cluster", "dev", "--dry-run",
+         "--run-dir", str(tmp_path / "run"), "--set", "cluster.ray_port=40000"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "cluster.ray_port" in err[0] and "32000" in err[0], err
+    assert list(tmp_path.iterdir()) == []

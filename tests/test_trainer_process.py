@@ -93,6 +93,7 @@ def test_classify_exit():
     ray_oom = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
     assert classify_exit(1, False, ray_oom + "\n" + hedged) == "crashed-oom"
     assert classify_exit(-9, False, "Out of memory: Killed process 4242 (python)") == "crashed-oom"
+    assert classify_exit(-9, False, "python invoked oom-killer: gfp_mask=0x140dca, order=0") == "crashed-oom"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
 
 
