@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from justrl_hpc import devcluster as dc
+from justrl_hpc import release
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -188,8 +189,11 @@ def test_requeue_from_inside_a_job_then_start_time_now(devcluster, tmp_path, rec
         # The update made inside the job did not stick: Slurm sets the hold when the requeue completes.
         assert hold_until - time.time() > 60, fields
         t0 = time.time()
-        slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
-        wait_for("second run", lambda: "run 1" in log.read_text(), 60, 0.1)
+        # The suite's releaser, not a bare update: a launch in the second of the requeue finds the job's
+        # credential revoked and the job FAILS (seen here: backfill started one 0.3 s after a bare update).
+        assert release.release_when_pending(job, timeout_s=30)
+        wait_for("second run", lambda: "run 1" in log.read_text() or job_fields(job).get("JobState") == "FAILED", 60, 0.1)
+        assert "run 1" in log.read_text(), job_fields(job)
         second = float(next(ln.split()[2] for ln in log.read_text().splitlines() if ln.startswith("run 1")))
     finally:
         subprocess.run(["scancel", job], capture_output=True, check=False)
