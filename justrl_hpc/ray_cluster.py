@@ -23,6 +23,9 @@ import psutil
 from justrl_hpc.trainer import shield_from_slurm_signals
 
 _PORT_STRIDE = 40
+# Per-rank offsets matter only where ranks share a host (the dev cluster's fake nodes); six fit in a slot. On a
+# real cluster every rank is its own host, so rank 6 reusing rank 0's offsets collides with nothing.
+_RANKS_PER_SLOT = 6
 
 
 @dataclass
@@ -48,7 +51,7 @@ def ports(base: int, job_id: str, rank: int, below: int | None = None) -> dict[s
     below = ephemeral_low() if below is None else below
     slots = max(1, (below - base - _PORT_STRIDE) // _PORT_STRIDE)
     gcs = base + (int(job_id) % slots) * _PORT_STRIDE if job_id.isdigit() else base
-    node = gcs + 10 + rank * 5
+    node = gcs + 10 + (rank % _RANKS_PER_SLOT) * 5
     return {
         "gcs": gcs,
         "client": gcs + 1,

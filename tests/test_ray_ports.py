@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from justrl_hpc.config import resolve
-from justrl_hpc.ray_cluster import _PORT_STRIDE, ephemeral_low, ports
+from justrl_hpc.ray_cluster import _PORT_STRIDE, _RANKS_PER_SLOT, ephemeral_low, ports
 
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's --min/--max-worker-port defaults
 
@@ -34,6 +34,17 @@ def test_jobs_in_different_slots_share_no_port():
             assert port not in seen, (job, seen.get(port), port)
             seen[port] = job
     assert all_ports(base, 288, 4, below) == all_ports(base, 288 + slots, 4, below)  # the slot wraps
+
+
+def test_a_run_of_any_width_stays_inside_its_slot():
+    # 32 nodes (a 256-GPU run): ranks 6 and up reuse the offsets of ranks 0-5, each on its own host.
+    base, below = 20379, 32768
+    for job in (0, 288, 20000):
+        gcs = ports(base, str(job), 0, below)["gcs"]
+        assert all(gcs <= p < gcs + _PORT_STRIDE for p in all_ports(base, job, 32, below)), job
+        # Ranks that can share a host (the dev cluster's four fake nodes, up to six) get distinct ports.
+        shared = [set(ports(base, str(job), r, below).values()) - {gcs, gcs + 1, gcs + 2} for r in range(_RANKS_PER_SLOT)]
+        assert sum(len(s) for s in shared) == len(set().union(*shared)) == 4 * _RANKS_PER_SLOT
 
 
 def test_a_node_with_a_lower_ephemeral_range_folds_the_slots_below_it():
