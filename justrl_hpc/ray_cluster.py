@@ -44,13 +44,18 @@ def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
         return 32768
 
 
-def ports(base: int, job_id: str, rank: int, below: int | None = None) -> dict[str, int]:
-    # Every fixed port stays below the ephemeral range: any outgoing connection on the node may hold a port
-    # there by the time `ray start` binds it. The dev cluster showed it: job 288's slot was 37899, the
-    # runtime-env agent found its port taken, the raylet fate-shared with it and the chunk lost 90 s.
-    below = ephemeral_low() if below is None else below
-    slots = max(1, (below - base - _PORT_STRIDE) // _PORT_STRIDE)
-    gcs = base + (int(job_id) % slots) * _PORT_STRIDE if job_id.isdigit() else base
+def ports(
+    base: int, job_id: str, rank: int, below: int | None = None, gcs: int | None = None
+) -> dict[str, int]:
+    """The job's ports on one rank; a joining rank passes the head's `gcs` so its ports are in the head's slot
+    even where its own node has another ephemeral range."""
+    if gcs is None:
+        # Every fixed port stays below the ephemeral range: any outgoing connection on the node may hold a port
+        # there by the time `ray start` binds it. The dev cluster showed it: job 288's slot was 37899, the
+        # runtime-env agent found its port taken, the raylet fate-shared with it and the chunk lost 90 s.
+        below = ephemeral_low() if below is None else below
+        slots = max(1, (below - base - _PORT_STRIDE) // _PORT_STRIDE)
+        gcs = base + (int(job_id) % slots) * _PORT_STRIDE if job_id.isdigit() else base
     node = gcs + 10 + (rank % _RANKS_PER_SLOT) * 5
     return {
         "gcs": gcs,
@@ -107,7 +112,7 @@ def start_head(
 
 
 def join(head: RayHead, rank: int, ip: str, base_port: int, num_cpus: int, num_gpus: int, log: Path) -> None:
-    p = ports(base_port, head.job_id, rank)
+    p = ports(base_port, head.job_id, rank, gcs=int(head.address.rsplit(":", 1)[1]))
     args = [_ray_bin(), "start", f"--address={head.address}", *_common_args(p, rank, num_cpus, num_gpus, ip)]
     _run_logged(args, log)
 

@@ -44,7 +44,16 @@ def test_a_run_of_any_width_stays_inside_its_slot():
         assert all(gcs <= p < gcs + _PORT_STRIDE for p in all_ports(base, job, 32, below)), job
         # Ranks that can share a host (the dev cluster's four fake nodes, up to six) get distinct ports.
         shared = [set(ports(base, str(job), r, below).values()) - {gcs, gcs + 1, gcs + 2} for r in range(_RANKS_PER_SLOT)]
-        assert sum(len(s) for s in shared) == len(set().union(*shared)) == 4 * _RANKS_PER_SLOT
+        assert sum(len(p) for p in shared) == len(set().union(*shared)) == 4 * _RANKS_PER_SLOT
+
+
+def test_a_joining_rank_takes_the_heads_slot_whatever_its_own_ephemeral_range():
+    head = ports(20379, "288", 0, below=32768)
+    # The joiner's node has a lower range: on its own it would pick another slot.
+    assert ports(20379, "288", 1, below=25000)["gcs"] != head["gcs"]
+    joined = ports(20379, "288", 1, below=25000, gcs=head["gcs"])
+    assert joined["gcs"] == head["gcs"]
+    assert all(head["gcs"] <= p < head["gcs"] + _PORT_STRIDE for p in joined.values())
 
 
 def test_a_node_with_a_lower_ephemeral_range_folds_the_slots_below_it():
