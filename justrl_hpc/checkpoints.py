@@ -127,15 +127,37 @@ def latest_good(ckpt_dir: Path, world_size: int) -> int | None:
     return steps[-1] if steps else None
 
 
+def logged_steps(ledger: Any) -> int | None:
+    """The newest step the trainer logged, from the ledger's `step` events (None: none recorded)."""
+    steps = [e["step"] for e in (ledger.read() if ledger is not None else [])
+             if e.get("event") == "step" and isinstance(e.get("step"), int)]
+    return max(steps) if steps else None
+
+
 def prepare_resume(
     ckpt_dir: Path, world_size: int, ledger: Any = None, job_id: str | None = None, chunk: int | None = None
 ) -> ResumeDecision:
-    """Point verl's tracker at the newest verified checkpoint; move torn newer ones aside; never resume torn."""
+    """Point verl's tracker at the newest verified checkpoint; move torn newer ones aside; never resume torn.
+
+    A verified checkpoint newer than the newest logged step is set aside too: verl saves a step before it
+    logs it, so a trainer stopped (or killed) between the two leaves a step whose metrics never reached
+    TensorBoard; resuming after it would leave that hole forever, retraining it fills it.
+    """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dirs = step_dirs(ckpt_dir)
     good = [s for s in sorted(dirs) if verify(dirs[s], world_size).ok]
-    newest = good[-1] if good else None
     skipped = []
+    logged = logged_steps(ledger)
+    if logged is not None:
+        for step in [s for s in good if s > logged]:
+            aside = dirs[step].with_name(f"{dirs[step].name}.unlogged-{int(time.time())}")
+            dirs[step].rename(aside)
+            skipped.append(step)
+            good.remove(step)
+            ledger.append("checkpoint-skipped", job_id=job_id, chunk=chunk, step=step,
+                          reason=f"saved but never logged (newest logged step {logged})", moved_to=aside.name)
+        dirs = step_dirs(ckpt_dir)
+    newest = good[-1] if good else None
     for step in sorted(dirs):
         if step in good or (newest is not None and step < newest):
             continue

@@ -108,6 +108,24 @@ def requeue_signal() -> signal.Signals:
     return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
 
 
+def ray_resources(resolved: Any) -> tuple[int, int]:
+    """(CPUs, GPUs) each node's Ray advertises. On the CPU backend the GPUs are a count Ray schedules
+    verl's workers by (nothing touches CUDA) and the CPUs logical: each of verl's placement bundles asks
+    for several."""
+    cpus, gpus = resolved.cluster.cpus_per_node, resolved.cluster.gpus_per_node
+    if resolved.recipe.device == "cpu":
+        return max(cpus, 16), resolved.recipe.ranks_per_node
+    return cpus, gpus
+
+
+def put_code_first(run_dir: Path) -> None:
+    """The run's code snapshot ahead of whatever PYTHONPATH the job had, for every process this task
+    starts from now on: `ray start`'s raylets pass it to verl's workers (the deadline hook, the backend)."""
+    code = str(run_dir / "code")
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != code]
+    os.environ["PYTHONPATH"] = os.pathsep.join([code, *parts])
+
+
 def ip_of_this_node() -> str:
     try:
         return socket.gethostbyname(socket.gethostname())
@@ -192,8 +210,9 @@ def run_node(info: ChunkInfo) -> str:
         if head is None:
             log(f"rank {info.rank}: no Ray head published; the driver will report it")
             return "no-head"
-        cpus, gpus = resolved.cluster.cpus_per_node, resolved.cluster.gpus_per_node
-        ray_cluster.join(
+        cpus, gpus = ray_resources(resolved)
+        put_code_first(info.run_dir)
+        own_ray = ray_cluster.join(
             head,
             info.rank,
             ip_of_this_node(),
@@ -205,6 +224,7 @@ def run_node(info: ChunkInfo) -> str:
         while not info.done_file.exists():
             time.sleep(1.0)
         ignore_limit_signal(f"rank {info.rank} job {info.job_id}")
+        ray_cluster.stop(own_ray)  # its own Ray: nothing of this chunk outlives it on this node
         return "done"
     finally:
         stop_process(agent)
@@ -316,7 +336,8 @@ class Driver:
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved
         t0 = time.time()
-        cpus, gpus = res.cluster.cpus_per_node, res.cluster.gpus_per_node
+        cpus, gpus = ray_resources(res)
+        put_code_first(info.run_dir)
         try:
             self.head = ray_cluster.start_head(
                 info.job_id,
@@ -377,9 +398,6 @@ class Driver:
                 "RAY_ADDRESS": self.head.address,
                 CONTROL_ENV: str(info.control),
                 "TENSORBOARD_DIR": str(info.run_dir / "tensorboard"),
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(info.run_dir / "code"), env.get("PYTHONPATH", "")) if p
-                ),
             }
         )
         if self.end_time:
@@ -427,12 +445,16 @@ class Driver:
                 self._retention()
 
     def _saved_since_stop(self) -> bool:
-        """A verified save at or after the step in flight when the stop came, and that step logged."""
+        """Some verified save after the step in flight when the stop came, whose step is logged.
+
+        Any such save, not the newest: after a stop request verl saves every step, so a fast trainer's
+        newest save is always one step ahead of its log, and waiting for the newest to be logged never ends.
+        """
         if not self.saved_steps or self.trainer is None:
             return False
-        newest = max(self.saved_steps)
         asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
-        return newest > asked and (self.trainer.last_step or 0) >= newest
+        logged = self.trainer.last_step or 0
+        return any(asked < s <= logged for s in self.saved_steps)
 
     def _retention(self) -> None:
         from justrl_hpc import checkpoints

@@ -30,7 +30,8 @@ class RecipeConfig:
 
     name: str
     description: str = ""
-    trainer: str = field(default="verl", metadata={"choices": ("verl", "rehearsal")})
+    # verl's main_ppo trains every recipe; device cpu runs it on the CPU backend (justrl_hpc.dev.verl_cpu).
+    trainer: str = field(default="verl", metadata={"choices": ("verl",)})
     device: str = field(default="cuda", metadata={"choices": ("cuda", "cpu")})
     model_path: str = ""
     train_files: list[str] = field(default_factory=list)
@@ -52,8 +53,8 @@ class RecipeConfig:
     checkpoint_gb: float = field(default=21.0, metadata={"min": 0})
     # verl keys → values (validated against recipe.HYPERPARAMETERS: only keys the suite knows and types).
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    # Extra trainer overrides for the rehearsal's own knobs (`rehearsal.*`), rejected for verl recipes.
-    trainer_extra: dict[str, Any] = field(default_factory=dict)
+    # verl keys a CPU recipe adds to scale verl down (validated against recipe.SCALE_DOWN).
+    scale_down: dict[str, Any] = field(default_factory=dict)
 
     @property
     def world_size(self) -> int:
@@ -309,7 +310,7 @@ def apply_set(sections: dict[str, dict[str, Any]], overrides: list[tuple[str, An
         section, rest = key.split(".", 1)
         target = sections[section]
         # Hyperparameters are verl's dotted keys: everything after the mapping name is one key.
-        for mapping in ("hyperparameters", "trainer_extra", "env"):
+        for mapping in ("hyperparameters", "scale_down", "env"):
             if rest.startswith(mapping + "."):
                 target.setdefault(mapping, {})
                 if not isinstance(target[mapping], dict):

@@ -111,10 +111,21 @@ def start_head(
     return RayHead(address=f"{ip}:{p['gcs']}", temp_dir=tmp, job_id=job_id)
 
 
-def join(head: RayHead, rank: int, ip: str, base_port: int, num_cpus: int, num_gpus: int, log: Path) -> None:
+def joiner_temp_dir(head: RayHead, rank: int) -> str:
+    """A joining rank's own session folder. Where ranks share a host (the dev cluster), a joiner that took
+    the head's folder would run a second log monitor over the same worker logs, and every line the trainer
+    prints would reach the driver's console (and the chunk's step count) twice."""
+    return f"{head.temp_dir}-r{rank}"
+
+
+def join(head: RayHead, rank: int, ip: str, base_port: int, num_cpus: int, num_gpus: int, log: Path) -> str:
+    """Join the head; returns this rank's temp dir (what `stop` ends it by)."""
     p = ports(base_port, head.job_id, rank, gcs=int(head.address.rsplit(":", 1)[1]))
-    args = [_ray_bin(), "start", f"--address={head.address}", *_common_args(p, rank, num_cpus, num_gpus, ip)]
+    tmp = joiner_temp_dir(head, rank)
+    args = [_ray_bin(), "start", f"--address={head.address}", f"--temp-dir={tmp}",
+            *_common_args(p, rank, num_cpus, num_gpus, ip)]
     _run_logged(args, log)
+    return tmp
 
 
 def _run_logged(args: list[str], log: Path) -> None:

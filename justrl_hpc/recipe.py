@@ -82,6 +82,28 @@ NOT_EXPRESSIBLE = {
     "data.max_response_length (15360). The evaluate job uses 31,744.",
 }
 
+# The CPU backend's rollout (justrl_hpc.dev.verl_cpu): a recipe with device: cpu must name it.
+CPU_ROLLOUT = "hf-cpu"
+
+# What a CPU recipe (the rehearsal) may add on top of the real recipes' overrides, beside the sizes it
+# changes in `hyperparameters` (batch sizes, lengths, learning rate, rollout name; marked DIFFERS in the
+# fidelity table). Nothing else may differ: tests/test_recipe.py diffs the trainer commands.
+SCALE_DOWN: dict[str, Hyper] = {
+    "trainer.device": Hyper(str, "cuda", "verl's device; the CPU backend's platform is cpu"),
+    "actor_rollout_ref.actor.strategy": Hyper(
+        str, "fsdp", "FSDP2 on CPU: FSDP1's sync_module_states needs GPU tensors (torch refuses CPU ones)"
+    ),
+    "+actor_rollout_ref.model.override_config.attn_implementation": Hyper(
+        str, "flash_attention_2", "verl's default; flash-attn is CUDA-only"
+    ),
+    "actor_rollout_ref.actor.fsdp_config.use_torch_compile": Hyper(bool, True, "compile time on 2 cores"),
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": Hyper(str, "bf16", "CPU math in fp32"),
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.reduce_dtype": Hyper(str, "fp32", "CPU math in fp32"),
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.buffer_dtype": Hyper(str, "fp32", "CPU math in fp32"),
+    "actor_rollout_ref.rollout.agent.num_workers": Hyper(int, 8, "8 agent-loop processes on 2 cores"),
+    "reward.num_workers": Hyper(int, 8, "8 reward processes on 2 cores"),
+}
+
 # Keys the suite sets itself, per run and per chunk; a recipe may not set them.
 SUITE_OWNED = (
     "trainer.",
@@ -106,14 +128,23 @@ def validate(recipe: RecipeConfig) -> None:
                 where,
             )
         recipe.hyperparameters[key] = check_value(value, spec.type, where)
-    if recipe.trainer == "verl" and recipe.trainer_extra:
-        raise UserError("only the rehearsal trainer takes trainer_extra keys", "recipe.trainer_extra")
-    if recipe.trainer == "verl" and recipe.device != "cuda":
-        raise UserError(
-            "verl's rollouts are CUDA-only; use trainer: rehearsal for device: cpu", "recipe.device"
-        )
-    if recipe.trainer == "verl" and not recipe.model_path:
-        raise UserError("a verl recipe needs the model to train (path or hub id)", "recipe.model_path")
+    for key, value in recipe.scale_down.items():
+        where = f"recipe.scale_down.{key}"
+        if recipe.device != "cpu":
+            raise UserError("only a CPU recipe (device: cpu) scales verl down; remove it", where)
+        spec = SCALE_DOWN.get(key)
+        if spec is None:
+            raise UserError(f"not a scale-down key; known: {', '.join(SCALE_DOWN)}", where)
+        recipe.scale_down[key] = check_value(value, spec.type, where)
+    if recipe.device == "cpu":
+        rollout = recipe.hyperparameters.get("actor_rollout_ref.rollout.name", "vllm")
+        if rollout != CPU_ROLLOUT:
+            raise UserError(
+                f"{rollout!r} needs GPUs; the CPU backend's rollout is {CPU_ROLLOUT!r}",
+                "recipe.hyperparameters.actor_rollout_ref.rollout.name",
+            )
+    if not recipe.model_path:
+        raise UserError("a recipe needs the model to train (path or hub id)", "recipe.model_path")
     if not recipe.train_files:
         raise UserError("at least one training parquet is needed", "recipe.train_files")
     hp = recipe.hyperparameters
@@ -184,28 +215,28 @@ def overrides(resolved: Resolved, run_dir: Path, chunk: ChunkContext | None = No
         "trainer.max_actor_ckpt_to_keep=null",
         f"trainer.esi_redundant_time={recipe.deadline_margin_s}",
     ]
-    if recipe.trainer == "verl":
-        out += [
-            # The legacy trainer is the one that honours the deadline (should_save_ckpt_esi); V1 ignores it.
-            "trainer.use_v1=False",
-            # TENSORBOARD_DIR must reach the Ray actor that logs, and the stop-file watcher every worker.
-            f"+ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR={fmt(str(run_dir / 'tensorboard'))}",
-            "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=justrl_hpc.deadline_hook.install",
-            f"+ray_kwargs.ray_init.runtime_env.env_vars.JUSTRL_CONTROL_DIR={fmt(str(run_dir / 'control'))}",
-            f"+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH={fmt(str(code))}",
-        ]
-        if chunk.deadline_epoch is not None:
-            out.append(
-                f"+ray_kwargs.ray_init.runtime_env.env_vars.{DEADLINE_ENV}={int(chunk.deadline_epoch)}"
-            )
-    else:
-        out += [f"{k}={fmt(v)}" for k, v in recipe.trainer_extra.items()]
+    out += [f"{k}={fmt(v)}" for k, v in recipe.scale_down.items()]
+    out += [
+        # The legacy trainer is the one that honours the deadline (should_save_ckpt_esi); V1 ignores it.
+        "trainer.use_v1=False",
+        # TENSORBOARD_DIR must reach the Ray actor that logs, and the stop-file watcher every worker. The
+        # run's code reaches the workers through the raylets' PYTHONPATH (the chunk starts them): an
+        # env_vars.PYTHONPATH here would replace the workers' PYTHONPATH, not extend it.
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR={_quote(str(run_dir / 'tensorboard'))}",
+        "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=justrl_hpc.deadline_hook.install",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.JUSTRL_CONTROL_DIR={_quote(str(run_dir / 'control'))}",
+    ]
+    if chunk.deadline_epoch is not None:
+        # Quoted: Ray refuses a runtime env whose env_vars are not all strings, and Hydra reads a bare
+        # number as an int.
+        out.append(
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.{DEADLINE_ENV}={_quote(str(int(chunk.deadline_epoch)))}"
+        )
     return out
 
 
 def trainer_command(resolved: Resolved, run_dir: Path, chunk: ChunkContext | None = None) -> list[str]:
-    module = "verl.trainer.main_ppo" if resolved.recipe.trainer == "verl" else "justrl_hpc.rehearsal"
-    return ["python", "-m", module, *overrides(resolved, run_dir, chunk)]
+    return ["python", "-m", "verl.trainer.main_ppo", *overrides(resolved, run_dir, chunk)]
 
 
 def fidelity_rows(recipe: RecipeConfig) -> list[tuple[str, str, str, str]]:

@@ -38,3 +38,46 @@ def rehearsal_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("rehearsal-data")
     prepare(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def verl_run(rehearsal_data, tmp_path_factory):
+    """A run folder trained by verl's own main_ppo on the CPU backend: 2 steps, both saved by verl's
+    checkpoint manager. Made once per session (~60 s) and shared by the tests that only read its results
+    (export, evaluate). The trainer command is the suite's own for the rehearsal recipe; only Ray differs:
+    main_ppo starts a local one (fake GPU count) where a chunk would attach to its job's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from justrl_hpc import checkpoints
+    from justrl_hpc.recipe import ChunkContext, trainer_command
+    from justrl_hpc.rundir import load
+
+    repo = Path(__file__).resolve().parents[1]
+    base = tmp_path_factory.mktemp("verl-run")
+    run_dir = base / "run"
+    data = rehearsal_data
+    sets = [f"recipe.model_path={data / 'model'}", f"recipe.train_files=[{data / 'train.parquet'}]",
+            f"recipe.val_files=[{data / 'val.parquet'}]", "recipe.total_training_steps=2", "recipe.save_freq=1",
+            "recipe.test_freq=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SLURM_JOB_ID", "JUSTRL_CONTROL_DIR")}
+    env.update({"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled",
+                "TOKENIZERS_PARALLELISM": "false"})
+    args = [sys.executable, "-m", "justrl_hpc.launch", "--recipe", "rehearsal", "--cluster", "dev",
+            "--name", "verl-run", "--run-dir", str(run_dir), "--create-only"]
+    args += [a for s in sets for a in ("--set", s)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, cwd=base)
+    assert out.returncode == 0, out.stderr
+    cmd = trainer_command(load(run_dir), run_dir, ChunkContext(first_chunk=False))
+    cmd[0] = sys.executable
+    cmd += ["ray_kwargs.ray_init.num_cpus=16", "+ray_kwargs.ray_init.num_gpus=2",
+            "+ray_kwargs.ray_init.include_dashboard=False"]
+    log = run_dir / "logs" / "trainer.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        trained = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=400, env=env, cwd=run_dir)
+    assert trained.returncode == 0, log.read_text()[-3000:]
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert checkpoints.verified_steps(run_dir / "checkpoints", 2) == [1, 2]
+    return run_dir

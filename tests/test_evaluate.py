@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -77,26 +76,19 @@ def write_benchmarks(folder: Path, per_bench: int = 2) -> Path:
 
 
 def make_run(
-    root: Path, model_dir: Path, recipe: str = "rehearsal", cluster: str = "dev", step: int = STEP
+    root: Path, source_run: Path, recipe: str = "rehearsal", cluster: str = "dev", step: int = STEP
 ) -> Path:
-    """A run folder (run.yaml via rundir.create) with one checkpoint written by the rehearsal's CheckpointWriter."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A run folder (run.yaml via rundir.create) whose one checkpoint, at `step`, is the newest that verl
+    wrote in the session's verl run (its files unchanged; only the step folder's number differs)."""
+    import shutil
 
     from justrl_hpc import config as cfg
     from justrl_hpc import rundir
-    from justrl_hpc.rehearsal.checkpoint import CheckpointWriter
 
     resolved = cfg.resolve(recipe, cluster, [f"run.run_dir={root}"], root.name)
     rundir.create(resolved, root)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
-    actor = SimpleNamespace(model=model, optimizer=optimizer, scheduler=scheduler)
-    CheckpointWriter(root / "checkpoints", resolved.recipe.world_size, None).save(
-        step, actor, tokenizer, {"epoch": 0}
-    )
+    shutil.copytree(source_run / "checkpoints" / "global_step_2", root / "checkpoints" / f"global_step_{step}")
+    (root / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(step))
     return root
 
 
@@ -106,8 +98,8 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, rehearsal_data: Path) -> Path:
-    return make_run(tmp_path_factory.mktemp("runs") / "eval-demo", rehearsal_data / "model")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, verl_run: Path) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs") / "eval-demo", verl_run)
 
 
 def eval_args(run: Path, data: Path, *extra: str) -> list[str]:
@@ -427,13 +419,13 @@ def test_submission_is_one_node_with_the_checkout_on_the_path(run_dir: Path) -> 
 @pytest.mark.slurm
 @pytest.mark.timeout(420)
 def test_evaluate_job_submitted_to_the_dev_cluster(
-    devcluster: object, rehearsal_data: Path, bench_dir: Path, tmp_path: Path
+    devcluster: object, verl_run: Path, bench_dir: Path, tmp_path: Path
 ) -> None:
     """`launch --job evaluate` without --local: submitit puts it on a dev-cluster node, which generates with
     the tiny model and grades; the table lands in the run folder."""
     from justrl_hpc import slurm
 
-    run = make_run(tmp_path / "runs" / "eval-slurm", rehearsal_data / "model")
+    run = make_run(tmp_path / "runs" / "eval-slurm", verl_run)
     argv = [sys.executable, "-m", "justrl_hpc.launch", "--job", "evaluate", "--run", str(run), "--step", str(STEP),
             "--data", str(bench_dir), "--benchmarks", "aime24,math500", "--samples-scale", "0.125",
             "--max-new-tokens", "12"]

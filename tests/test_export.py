@@ -29,48 +29,25 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained_run(rehearsal_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with verified checkpoints at steps 1 and 2, written by the rehearsal trainer."""
-    from justrl_hpc import checkpoints
-    from justrl_hpc.recipe import ChunkContext, trainer_command
-    from justrl_hpc.rundir import load
+def trained_run(verl_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's verl run (checkpoints at steps 1 and 2, written by verl's checkpoint manager):
+    these tests damage and export into it."""
+    import shutil
 
-    base = tmp_path_factory.mktemp("export")
-    run_dir = base / "run"
-    data = rehearsal_data
-    sets = [
-        f"recipe.model_path={data / 'model'}",
-        f"recipe.train_files=[{data / 'train.parquet'}]",
-        f"recipe.val_files=[{data / 'val.parquet'}]",
-        "recipe.total_training_steps=2",
-        "recipe.save_freq=1",
-        "recipe.test_freq=0",
-        "recipe.trainer_extra.rehearsal.min_step_time_s=0",
-    ]
-    args = [sys.executable, "-m", "justrl_hpc.launch", "--recipe", "rehearsal", "--cluster", "dev"]
-    args += ["--name", "export-test", "--run-dir", str(run_dir), "--create-only"]
-    args += [a for s in sets for a in ("--set", s)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=_env(), cwd=base)
-    assert out.returncode == 0, out.stderr
-    cmd = trainer_command(load(run_dir), run_dir, ChunkContext(first_chunk=False))
-    cmd[0] = sys.executable
-    trained = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=run_dir)
-    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
-    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "2"
-    assert checkpoints.verified_steps(run_dir / "checkpoints", WORLD) == [1, 2]
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(verl_run, run_dir, symlinks=True)
     return run_dir
 
 
 def _shard_weights(actor: Path) -> dict:
-    """The trained weights as the rehearsal writer's own inverse reassembles them (a second code path)."""
+    """The trained weights straight from verl's rank files: each FSDP2 DTensor's local shards (Shard(0) on
+    the 1-D mesh) concatenated in rank order; a second code path beside the merger and export.reassemble."""
     import torch
-
-    from justrl_hpc.rehearsal.checkpoint import gather_state
 
     shards = [
         torch.load(actor / f"model_world_size_{WORLD}_rank_{r}.pt", weights_only=False) for r in range(WORLD)
     ]
-    return gather_state(shards)
+    return {k: torch.cat([sd[k].to_local() for sd in shards], dim=0) for k in shards[0]}
 
 
 def _tree(path: Path) -> list[str]:

@@ -63,7 +63,10 @@ def test_suite_owned_values_reach_verl(composed, deepseek):
     assert sel("reward.custom_reward_function.name") == "compute_score"
     env = sel("ray_kwargs.ray_init.runtime_env.env_vars")
     assert env["TENSORBOARD_DIR"] == str(RUN / "tensorboard")
-    assert env["MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"] == 1_900_000_000
+    # Strings, every one: Ray's runtime env refuses anything else at ray.init.
+    assert env["MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"] == "1900000000"
+    assert all(isinstance(v, str) for v in env.values()), dict(env)
+    assert "PYTHONPATH" not in env  # it would replace the workers' PYTHONPATH, not extend it
     assert (
         sel("ray_kwargs.ray_init.runtime_env.worker_process_setup_hook") == "justrl_hpc.deadline_hook.install"
     )
@@ -101,7 +104,65 @@ def test_fmt_reads_back_as_the_same_type(value, expected):
     assert fmt(value) == expected
 
 
+def _command_map(recipe: str, cluster: str) -> dict[str, str]:
+    from justrl_hpc.recipe import trainer_command
+
+    cmd = trainer_command(resolve(recipe, cluster), RUN, ChunkContext(first_chunk=True, deadline_epoch=1.9e9))
+    assert cmd[:3] == ["python", "-m", "verl.trainer.main_ppo"], cmd[:3]
+    pairs = [item.split("=", 1) for item in cmd[3:]]
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), "a key given twice"
+    return dict(pairs)
+
+
+# The rehearsal's sizes (fidelity table: DIFFERS) and the per-run values that follow from them.
+REHEARSAL_SIZES = {
+    "data.train_batch_size", "data.max_prompt_length", "data.max_response_length",
+    "actor_rollout_ref.actor.optim.lr", "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "actor_rollout_ref.model.use_remove_padding", "actor_rollout_ref.rollout.name",
+    "actor_rollout_ref.rollout.max_model_len", "actor_rollout_ref.rollout.val_kwargs.n",
+    "actor_rollout_ref.model.path", "data.train_files", "data.val_files", "trainer.nnodes",
+    "trainer.n_gpus_per_node", "trainer.total_training_steps", "trainer.save_freq", "trainer.test_freq",
+    "trainer.experiment_name", "trainer.esi_redundant_time",
+}
+
+
+@pytest.mark.parametrize("real", ["justrl-deepseek-1.5b", "justrl-nemotron-1.5b"])
+def test_the_rehearsal_is_the_real_recipe_scaled_down_and_nothing_else(real):
+    """Same trainer, same overrides and flags; only the named scale-down keys differ (recipe.SCALE_DOWN and
+    the sizes above). A key added to or changed in either side without being named here fails."""
+    from justrl_hpc.recipe import SCALE_DOWN
+
+    ours, theirs = _command_map("rehearsal", "dev"), _command_map(real, "a800-4x8")
+    added = set(ours) - set(theirs)
+    assert added == set(SCALE_DOWN), sorted(added ^ set(SCALE_DOWN))
+    assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
+    differ = {k for k in theirs if ours[k] != theirs[k]}
+    assert differ <= REHEARSAL_SIZES, sorted(differ - REHEARSAL_SIZES)
+    # The flags a chunk's behaviour rests on are the same values on both sides.
+    for key in ("trainer.use_v1", "trainer.resume_mode", "trainer.logger", "trainer.val_before_train",
+                "trainer.max_actor_ckpt_to_keep", "algorithm.adv_estimator", "reward.reward_manager.name",
+                "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook",
+                "+ray_kwargs.ray_init.runtime_env.env_vars.MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP"):
+        assert ours[key] == theirs[key], key
+
+
 def test_rehearsal_overrides_compose_too():
-    """The rehearsal speaks the same keys: everything but its own `rehearsal.*` knobs composes in verl."""
-    ov = [o for o in overrides(resolve("rehearsal", "dev"), RUN) if not o.startswith("rehearsal.")]
-    compose(ov)
+    compose(overrides(resolve("rehearsal", "dev"), RUN))
+
+
+@pytest.mark.parametrize(
+    ("sets", "field"),
+    [
+        (["recipe.hyperparameters.actor_rollout_ref.rollout.name=vllm"],
+         "recipe.hyperparameters.actor_rollout_ref.rollout.name"),
+        (["recipe.scale_down.trainer.nope=1"], "recipe.scale_down.trainer.nope"),
+        (["recipe.device=cuda"], "recipe.scale_down.trainer.device"),
+    ],
+)
+def test_bad_cpu_recipe_is_one_error_naming_the_field(sets, field):
+    from justrl_hpc.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        resolve("rehearsal", "dev", sets)
+    assert err.value.field == field, (err.value.field, str(err.value))

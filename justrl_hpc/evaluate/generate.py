@@ -54,9 +54,14 @@ class TransformersGenerator:
     name = "transformers"
 
     def __init__(self, model_path: str, device: str = "cpu") -> None:
-        from justrl_hpc.rehearsal.policy import load
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model, self.tokenizer = load(model_path)
+        from justrl_hpc.export import _quiet_transformers
+
+        with _quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
+        self.model.eval()
         self.device = device
         self.model.to(device)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)

@@ -104,7 +104,7 @@ def resolve(run: str, step: int | None, model: str | None) -> ModelSource:
     exported = export_dir(run_dir, step)
     if (exported / "config.json").is_file() and has_weights(exported):
         return ModelSource(run_dir, label, step, base, exported)
-    if resolved.recipe.trainer != "rehearsal":
+    if resolved.recipe.device != "cpu":
         raise UserError(
             f"step {step} holds only FSDP shards; export it first (python -m justrl_hpc.launch --job export "
             f"--run {run} --step {step}), then evaluate again: the export in {exported} is picked up",
@@ -126,18 +126,13 @@ def loadable(source: ModelSource) -> Iterator[Path]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from justrl_hpc.rehearsal.checkpoint import gather_state, rank_files
-    from justrl_hpc.rehearsal.policy import quiet_transformers
+    from justrl_hpc.export import _quiet_transformers, reassemble
 
-    quiet_transformers()
     actor, world = source.shards
-    per_rank = [
-        torch.load(rank_files(actor, world, r)["model"], map_location="cpu", weights_only=False)
-        for r in range(world)
-    ]
-    config = AutoConfig.from_pretrained(source.hf_dir)
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gather_state(per_rank))
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(source.hf_dir)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(reassemble(actor, world))
     with tempfile.TemporaryDirectory(prefix="justrl-eval-model-") as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(source.hf_dir).save_pretrained(tmp)

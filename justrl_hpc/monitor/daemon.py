@@ -305,7 +305,7 @@ class RunMonitor:
         self.step_times: list[float] = list(self.store.get("step_times") or [])
         wstate = self.store.get("training")
         tset = self.config.rules.training
-        if _recipe(self.run_dir).get("trainer") == "rehearsal":
+        if _recipe(self.run_dir).get("device") == "cpu":
             # JustRL's absolute entropy band means nothing for the CPU rehearsal's one-token answers (the
             # dashboard drops it too); the drift rule still watches it.
             tset = dataclasses.replace(tset, entropy_band=None, entropy_critical_band=None)

@@ -399,11 +399,11 @@ def _read_tensorboard(run_dir: Path, rc: _RunCache, view: RunView) -> None:
 
 def bands_for(config: dict[str, Any]) -> dict[str, Band]:
     """The healthy band of each curve for this run's recipe. JustRL's absolute entropy band means nothing for
-    the CPU rehearsal's toy task (its answers are one token), so a rehearsal recipe gets no entropy band."""
+    the CPU rehearsal's toy task (its answers are one token), so a CPU recipe (the rehearsal) gets no entropy band."""
     recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
     hp = recipe.get("hyperparameters") if isinstance(recipe.get("hyperparameters"), dict) else {}
     bands: dict[str, Band] = {"clip": Band(high=CLIP_RATIO_MAX)}
-    if recipe.get("trainer") != "rehearsal":
+    if recipe.get("device") != "cpu":
         bands["entropy"] = Band(*ENTROPY_BAND)
     max_len = hp.get("data.max_response_length")
     if isinstance(max_len, int) and max_len > 0:

@@ -1,0 +1,1 @@
+"""This machine only: what lets the whole suite run on a host without GPUs (the CPU backend for verl)."""
