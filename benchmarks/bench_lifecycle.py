@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--time-limit", type=int, default=2)
     p.add_argument("--naive-save-freq", type=int, default=10)
     p.add_argument("--from-run", type=Path, help="read a finished run folder instead of launching one")
@@ -87,6 +87,8 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
     if wall is None:
         wall = rep.wall_s or 0.0
     chunks = rep.chunks
+    verl_up = _verl_startup(run_dir)
+    saves = _console_timings(run_dir, "timing_s/save_checkpoint")
     rows = []
     for c in chunks:
         naive_lost = (c.last_step or 0) % args.naive_save_freq if c.requeue_gap_s is not None else 0
@@ -95,6 +97,7 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
                 "chunk": c.chunk,
                 "ray_up_s": c.ray_up_s,
                 "to_trainer_s": _diff(c.trainer_started, c.start),
+                "verl_up_s": verl_up.get(c.chunk),
                 "stop_to_requeue_s": c.stop_to_end_s if c.requeue_gap_s is not None else None,
                 "exit_to_end_s": c.exit_to_end_s,
                 "gap_s": c.requeue_gap_s,
@@ -109,18 +112,20 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
         f"{len(chunks)} chunks, {wall:.0f} s from submit to finished.\n"
     )
     print(
-        "| chunk | Ray up s | alloc start → trainer start s | stop → requeued s | trainer exit → requeue issued s "
+        "| chunk | Ray up s | alloc start → trainer start s | verl: trainer start → first step s "
+        "| stop → requeued s | trainer exit → requeue issued s "
         "| requeue gap s | last step | ended | steps lost (suite, measured) | steps lost (naive, modelled: save every "
         f"{args.naive_save_freq}) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def f(x: float | None) -> str:
         return "–" if x is None else f"{x:.1f}"
 
     for r in rows:
         print(
-            f"| {r['chunk']} | {f(r['ray_up_s'])} | {f(r['to_trainer_s'])} | {f(r['stop_to_requeue_s'])} | "
+            f"| {r['chunk']} | {f(r['ray_up_s'])} | {f(r['to_trainer_s'])} | {f(r['verl_up_s'])} | "
+            f"{f(r['stop_to_requeue_s'])} | "
             f"{f(r['exit_to_end_s'])} | {f(r['gap_s'])} | {r['last_step']} | {r['end']} | {r['lost']} | "
             f"{r['naive_lost']} |"
         )
@@ -145,13 +150,24 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
             "- suite overhead per chunk (chunk start → trainer start + trainer exit → requeue issued; Ray teardown "
             f"after that not counted), median: {summary['median_overhead_s']:.1f} s (target ≤ 15 s)"
         )
+    ups = [r["verl_up_s"] for r in rows if r["verl_up_s"] is not None]
+    if ups:
+        summary["median_verl_startup_s"] = statistics.median(ups)
+        print(
+            "- verl's own start-up per chunk (trainer start → its first step logged: Ray workers, model and "
+            f"checkpoint load, validation on chunk 1, the first step), median: {statistics.median(ups):.1f} s"
+        )
+    if saves:
+        summary["median_verl_save_s"] = statistics.median(saves)
+        print(f"- verl's checkpoint save (timing_s/save_checkpoint), median over {len(saves)} saves: "
+              f"{statistics.median(saves):.3f} s")
     print(
         f"- steps lost at planned chunk ends: suite {summary['steps_lost_suite']}, naive "
         f"{summary['steps_lost_naive']} (target 0)"
     )
     if rep.goodput is not None:
         print(
-            f"- rehearsal goodput (kept step time / allocated time, 1 s toy steps): {100 * rep.goodput:.1f}%"
+            f"- rehearsal goodput (kept step time / allocated time, verl on 2 cores): {100 * rep.goodput:.1f}%"
         )
     measured = measured_overheads(rep)
     model = model_real_run(**measured)
@@ -177,6 +193,36 @@ def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
     summary["model"] = {"suite": suite, "naive": naive, "measured": measured}
     print(f"\n<!-- {json.dumps(summary)} -->")
     return 0
+
+
+def _verl_startup(run_dir: Path) -> dict[int, float]:
+    """Per chunk: seconds from `trainer-started` to the first `step` event (both from the ledger)."""
+    from datetime import datetime
+
+    def t(e: dict) -> float:
+        return datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+
+    started: dict[int, float] = {}
+    out: dict[int, float] = {}
+    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e.get("event") == "trainer-started":
+            started[e["chunk"]] = t(e)
+        elif e.get("event") == "step" and e["chunk"] in started and e["chunk"] not in out:
+            out[e["chunk"]] = t(e) - started[e["chunk"]]
+    return out
+
+
+def _console_timings(run_dir: Path, key: str) -> list[float]:
+    """A timing verl logs on its console step lines, one value per step that has it (non-zero)."""
+    import re
+
+    log = run_dir / "logs" / "trainer.log"
+    if not log.is_file():
+        return []
+    pattern = re.compile(re.escape(key) + r":(?:np\.float64\()?([0-9.e+-]+)")
+    values = [float(m.group(1)) for m in pattern.finditer(log.read_text(errors="replace"))]
+    return [v for v in values if v > 0]
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

@@ -246,6 +246,7 @@ class Driver:
         self.agent: subprocess.Popen[bytes] | None = None
         self.start_step: int | None = None
         self.saved_steps: list[int] = []
+        self.logged_step: int | None = None  # the newest training step the trainer logged, this chunk
         self.stop_reason: str | None = None
         self.stop_requested_at_step: int | None = None
         self.ended = False
@@ -433,6 +434,7 @@ class Driver:
         assert self.trainer is not None
         for step in self.trainer.new_steps():
             self.event("step", step=step)
+            self.logged_step = step if self.logged_step is None else max(self.logged_step, step)
         tracked = self.trainer.tracker_step()
         if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0):
             from justrl_hpc import checkpoints
@@ -571,10 +573,14 @@ class Driver:
     # -- endings --------------------------------------------------------------------------------------
 
     def _reached_target(self) -> bool:
-        return max(self.saved_steps, default=self.start_step or 0) >= self.target
+        return (self._last_saved() or 0) >= self.target
 
     def _last_saved(self) -> int | None:
-        return max(self.saved_steps) if self.saved_steps else self.start_step
+        """The newest verified save whose step was logged: what the next chunk resumes from. verl saves a
+        step before logging it, so a save newer than the log is set aside at the next start
+        (checkpoints.prepare_resume) and its step retrained."""
+        logged = [s for s in self.saved_steps if self.logged_step is not None and s <= self.logged_step]
+        return max(logged) if logged else self.start_step
 
     def _exited_event(self, code: int | None, reason: str) -> None:
         assert self.trainer is not None

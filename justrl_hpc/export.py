@@ -345,7 +345,18 @@ def _already_exported(out: Path, step: int, fp: str) -> bool:
 
 
 def export_checkpoint(run_dir: Path, step: int | None, out: Path | None) -> Path:
+    import logging
+
+    logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)
+    return _export_checkpoint(run_dir, step, out)
+
+
+def _export_checkpoint(run_dir: Path, step: int | None, out: Path | None) -> Path:
     """Merge RUN's checkpoint `step` (None = the newest verified) into an HF folder and verify it.
+
+    torch warns once per loaded FSDP2 DTensor that its device mesh was unpickled without process groups
+    (true, and harmless: nothing here runs a collective); those lines would bury the CLI's own, so the
+    device-mesh logger is kept to errors.
 
     Returns the HF folder (`out`, default RUN/export/global_step_N/hf). Raises UserError for bad input (not a
     run folder, no such or no verified checkpoint, `out` holding something else) before writing anything, and

@@ -84,6 +84,7 @@ NOT_EXPRESSIBLE = {
 
 # The CPU backend's rollout (justrl_hpc.dev.verl_cpu): a recipe with device: cpu must name it.
 CPU_ROLLOUT = "hf-cpu"
+GPU_ROLLOUTS = ("vllm", "sglang", "trtllm")
 
 # What a CPU recipe (the rehearsal) may add on top of the real recipes' overrides, beside the sizes it
 # changes in `hyperparameters` (batch sizes, lengths, learning rate, rollout name; marked DIFFERS in the
@@ -136,8 +137,15 @@ def validate(recipe: RecipeConfig) -> None:
         if spec is None:
             raise UserError(f"not a scale-down key; known: {', '.join(SCALE_DOWN)}", where)
         recipe.scale_down[key] = check_value(value, spec.type, where)
+    rollout = recipe.hyperparameters.get("actor_rollout_ref.rollout.name", "vllm")
+    if rollout not in GPU_ROLLOUTS + (CPU_ROLLOUT,):
+        raise UserError(
+            f"unknown rollout {rollout!r}; verl 0.9.1 serves {', '.join(GPU_ROLLOUTS)} on GPUs, the CPU backend "
+            f"{CPU_ROLLOUT}", "recipe.hyperparameters.actor_rollout_ref.rollout.name")
+    if recipe.device == "cuda" and rollout == CPU_ROLLOUT:
+        raise UserError(f"{CPU_ROLLOUT} is the CPU backend's rollout; a GPU recipe uses vllm",
+                        "recipe.hyperparameters.actor_rollout_ref.rollout.name")
     if recipe.device == "cpu":
-        rollout = recipe.hyperparameters.get("actor_rollout_ref.rollout.name", "vllm")
         if rollout != CPU_ROLLOUT:
             raise UserError(
                 f"{rollout!r} needs GPUs; the CPU backend's rollout is {CPU_ROLLOUT!r}",

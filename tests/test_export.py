@@ -126,7 +126,7 @@ def test_cli_exports_a_chosen_step_to_a_chosen_folder(trained_run: Path, tmp_pat
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "m1")
-    assert "run export-test step 1: exported" in out.stdout
+    assert "run verl-run step 1: exported" in out.stdout
     assert out.stderr.strip() == "", out.stderr  # the merger's chatter goes to the run's log
     manifest = json.loads((tmp_path / "m1" / "export.json").read_text())
     assert manifest["source"]["step"] == 1 and manifest["verification"]["ok"]

@@ -84,7 +84,7 @@ BAD = [
         "recipe.hyperparameters.trainer.save_freq",
         "set by the suite",
     ),
-    (["--set", "recipe.trainer=megatron"], "recipe.trainer", "one of verl, rehearsal"),
+    (["--set", "recipe.trainer=megatron"], "recipe.trainer", "one of verl"),
     (["--cluster", "dev"], "--cluster", "has no GPUs"),
     (["--name", "my run!"], "run.name", "letters, digits"),
     (["--time-limit", "5"], "run.time_limit_min", "no time for one"),

@@ -157,6 +157,8 @@ def test_rehearsal_overrides_compose_too():
         (["recipe.hyperparameters.actor_rollout_ref.rollout.name=vllm"],
          "recipe.hyperparameters.actor_rollout_ref.rollout.name"),
         (["recipe.scale_down.trainer.nope=1"], "recipe.scale_down.trainer.nope"),
+        (["recipe.hyperparameters.actor_rollout_ref.rollout.name=hf-gpu"],
+         "recipe.hyperparameters.actor_rollout_ref.rollout.name"),
         (["recipe.device=cuda"], "recipe.scale_down.trainer.device"),
     ],
 )

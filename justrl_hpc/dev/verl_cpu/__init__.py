@@ -43,8 +43,14 @@ def register() -> bool:
     if PlatformRegistry.get("cpu") is None:
         PlatformRegistry.register(platform="cpu")(CPUPlatform)
 
-    from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+    import warnings
+
+    # verl.workers.engine warns once per optional engine it lacks (torchtitan, megatron, ...) in every
+    # process that imports it; none is used here, and the lines would bury every CLI's output.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from verl.workers.engine.base import EngineRegistry
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
         backends = EngineRegistry._engines.get(model_type, {})
