@@ -115,6 +115,21 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]
     assert [s["step"] for s in starts] == saves_before[: len(starts)]
     assert "requeued" in out.stdout and "finished" in out.stdout
+    # A stop request is answered within 2 steps: the driver stops the trainer once any save after the request is
+    # verified and logged (verl saves every step after it, its newest save always a step ahead of its log).
+    led = ledger(run_dir)
+    for i, e in enumerate(led):
+        if e["event"] == "stop-requested":
+            exited = next(x for x in led[i:] if x["event"] == "trainer-exited")
+            asked = e["step"] if e["step"] is not None else (exited["first_step"] or 1) - 1
+            assert (exited["step"] or asked) - asked <= 2, (e, exited)
+    # verl's own trainer across two Ray nodes of one GPU each: its two FSDP ranks and their gloo group span nodes.
+    log = (run_dir / "logs" / "trainer.log").read_text(errors="replace")
+    assert "(TaskRunner pid=" in log and "[Rank 1] Saved model" in log
+    assert all(e["nodes_seen"] == 2 and e["gpus_seen"] == 2 for e in events(run_dir, "ray-ready"))
+    actor = run_dir / "checkpoints" / "global_step_40" / "actor"
+    assert {"model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"} <= {p.name for p in actor.iterdir()}
+    assert tb_steps(run_dir, "global_seqlen/mean") == tb_steps(run_dir)  # verl's own metric set, every step
 
 
 @pytest.mark.fault
