@@ -405,7 +405,8 @@ class Driver:
             env[DEADLINE_ENV] = str(int(self.end_time))
         cmd = trainer_command(res, info.run_dir, chunk_ctx)
         cmd[0] = sys.executable
-        self.trainer = TrainerProcess(cmd, info.run_dir / "logs" / "trainer.log", ckpt_dir, env)
+        self.trainer = TrainerProcess(cmd, info.run_dir / "logs" / "trainer.log", ckpt_dir, env,
+                                      cwd=info.run_dir / "logs")
         self.trainer.start()
         self.event(
             "trainer-started",

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from justrl_hpc import slurm
 from justrl_hpc.errors import UserError
 from justrl_hpc.ledger import Ledger
 from justrl_hpc.lifecycle import find_run, format_event, live_job
@@ -38,11 +39,11 @@ def status(argv: list[str]) -> int:
     run_dir = find_run(args.run)
     events = [e for e in Ledger(run_dir).read() if e.get("event") != "step"]
     steps = [e["step"] for e in Ledger(run_dir).read() if e.get("event") == "step"]
-    live = live_job(run_dir)
-    print(
-        f"run {run_dir.name}: last step {steps[-1] if steps else '-'}; "
-        + (f"job {live.job_id} {live.state} ({live.reason})" if live else "no job queued or running")
-    )
+    down = slurm.controller_problem()
+    live = None if down else live_job(run_dir)
+    where = (f"Slurm unreachable ({down}): job state unknown" if down
+             else f"job {live.job_id} {live.state} ({live.reason})" if live else "no job queued or running")
+    print(f"run {run_dir.name}: last step {steps[-1] if steps else '-'}; {where}")
     for e in events[-args.n :]:
         print("  " + format_event(e))
     return 0

@@ -52,6 +52,10 @@ def resources(resolved: Resolved, nodes: int) -> Resources:
     )
 
 
+def gpus_for(resolved: Resolved) -> int:
+    return resolved.recipe.nnodes * (resolved.cluster.gpus_per_node or resolved.recipe.ranks_per_node)
+
+
 def make_plan(resolved: Resolved, nodes: int) -> Plan:
     r, c = resolved.recipe, resolved.cluster
     limit_s = resolved.time_limit_min * 60
@@ -71,6 +75,15 @@ def make_plan(resolved: Resolved, nodes: int) -> Plan:
         warnings.append(
             f"signal lead {c.signal_lead_s} s is shorter than one step + a save (~{r.expected_step_s + save_s:.0f} s): "
             "the deadline save still happens, but a late signal may find no time to save"
+        )
+    need = r.expected_step_s + save_s + 10  # the step in flight, its save, the stop
+    if c.preempt_grace_s < need:
+        warnings.append(
+            f"preemption grace {c.preempt_grace_s} s is shorter than a step + a save + the stop (~{need:.0f} s): a "
+            f"SIGTERM-only preemption can never save (nor can one in a chunk's first step: verl's deadline save "
+            f"needs one step's time) and costs up to save_freq = {r.save_freq} steps "
+            f"(~{r.save_freq * r.expected_step_s / 3600:.1f} h of {gpus_for(resolved)} GPUs); raise "
+            f"cluster.preempt_grace_s (the partition's GraceTime) to {math.ceil(need)} s or more"
         )
     chunks = math.ceil(r.total_training_steps / steps_per_chunk)
     gpus = nodes * (c.gpus_per_node or r.ranks_per_node)

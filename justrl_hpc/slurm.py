@@ -48,6 +48,22 @@ def _run(args: list[str], timeout: float = 20) -> str | None:
     return out.stdout
 
 
+def controller_problem(timeout: float = 2.0) -> str | None:
+    """None when Slurm's controller answers `scontrol ping` within `timeout`, else what was seen, in a few
+    words. A query of a job while the controller is down waits out Slurm's own retries (~18 s) and then
+    reads as "no such job", which it cannot know; ping says so at once."""
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return "scontrol not found"
+    except subprocess.TimeoutExpired:
+        return f"scontrol ping did not answer in {timeout:g} s"
+    if out.returncode == 0 and " is UP" in out.stdout:
+        return None
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return first[0] if first else f"scontrol ping exited {out.returncode}"
+
+
 def _parse_time(text: str) -> float | None:
     text = text.strip()
     if not text or text in ("N/A", "Unknown", "NONE"):

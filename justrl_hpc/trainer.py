@@ -67,6 +67,9 @@ class TrainerProcess:
     log_path: Path
     ckpt_dir: Path
     env: dict[str, str]
+    # Hydra writes its outputs/<date>/<time>/ folder into the working directory: the run's logs, not
+    # wherever the run was launched from.
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     last_step: int | None = None
@@ -90,6 +93,7 @@ class TrainerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
             preexec_fn=shield_from_slurm_signals,
         )

@@ -55,6 +55,16 @@ def test_dry_run_text_is_for_people(tmp_path):
     assert "FAIL" in out.stdout and "prepare-data" in out.stdout
 
 
+def test_dry_run_warns_when_a_preemption_cannot_save(tmp_path):
+    """a800-4x8's 300 s grace against ~296 s steps and ~63 s saves: one warning naming the cost and the
+    setting; a grace that covers a step and a save gives none."""
+    out = launch("--nodes", "4", "--dry-run", cwd=tmp_path)
+    warned = [line for line in out.stdout.splitlines() if "preemption grace 300 s" in line]
+    assert len(warned) == 1 and "save_freq = 50 steps" in warned[0] and "cluster.preempt_grace_s" in warned[0]
+    ok = launch("--nodes", "4", "--dry-run", "--set", "cluster.preempt_grace_s=400", cwd=tmp_path)
+    assert "preemption grace" not in ok.stdout
+
+
 BAD = [
     (["--nodes", "3"], "--nodes", "use --nodes 4"),
     (["--nodes", "0"], "--nodes", "positive"),
