@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,10 +74,14 @@ def test_kill_during_a_checkpoint_write_is_never_resumed_from(devcluster, rehear
     # The seed picks the save (every second step saves); the phase, where inside it the trainer dies.
     crash_step = random.Random(seed).choice([4, 6, 8, 10])
     run_dir = tmp_path / f"tornsave-{phase}-{seed}"
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{PLUGINS}", VERL_USE_EXTERNAL_MODULES="justrl_fault_save",
+    # Chunks import only the run's code snapshot: the test's module goes there, between create and submit.
+    created = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "recipe.save_freq=2",
+                                     steps=14, time_limit=3), timeout=120)
+    assert created.returncode == 0, created.stderr
+    shutil.copy(PLUGINS / "justrl_fault_save.py", run_dir / "code" / "justrl_fault_save.py")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VERL_USE_EXTERNAL_MODULES="justrl_fault_save",
                JUSTRL_FAULT_SAVE_STEP=str(crash_step), JUSTRL_FAULT_SAVE_PHASE=phase)
-    out = subprocess.run(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=2",
-                                     steps=14, time_limit=3),
+    out = subprocess.run([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
                          capture_output=True, text=True, timeout=580, env=env)
     assert out.returncode == 0, out.stdout[-3000:]
     first_exit = events(run_dir, "trainer-exited")[0]

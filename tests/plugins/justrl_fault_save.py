@@ -9,8 +9,10 @@ this process so that, when verl writes step N:
 - `tracker`: `data.pt` is written whole, and the trainer dies before verl writes its tracker file;
 
 and then SIGKILLs the trainer's process group (main_ppo, found as the run's newest `trainer-started` pid in
-its ledger) and itself: the kill -9 of a node's trainer in the middle of a save. verl's code is untouched;
-the wrapper is this test's.
+its ledger) and itself: the kill -9 of a node's trainer in the middle of a save. It fires once per run (a
+marker in the run's control folder), so the resumed chunk trains that step again. verl's code is untouched;
+the wrapper is this test's. The test copies this file into the run's code snapshot, the only code a chunk
+imports.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ def _trainer_pid() -> int | None:
     return pid
 
 
+def _fired_marker() -> Path | None:
+    control = os.environ.get("JUSTRL_CONTROL_DIR")
+    return Path(control) / "fault-save-fired" if control else None
+
+
 def _die() -> None:
+    marker = _fired_marker()
+    if marker is not None:
+        marker.write_text(f"{PHASE} {STEP}\n")  # once per run: the resumed chunk trains that step again
     pid = _trainer_pid()
     if pid:
         try:
@@ -57,7 +67,8 @@ def _install() -> None:
 
     def save(obj, f, *args, **kwargs):  # type: ignore[no-untyped-def]
         path = str(f) if isinstance(f, (str, os.PathLike)) else ""
-        if step_dir not in Path(path).parts:
+        marker = _fired_marker()
+        if step_dir not in Path(path).parts or (marker is not None and marker.exists()):
             return real_save(obj, f, *args, **kwargs)
         name = Path(path).name
         if (PHASE == "shard" and shard.search(name)) or (PHASE == "data-file" and name == "data.pt"):
