@@ -63,6 +63,11 @@ class RecipeConfig:
     def fingerprint(self) -> str:
         data = asdict(self)
         data.pop("description", None)
+        # Until 2026-12-01 the recipe had an (always empty for verl) `trainer_extra` and no `scale_down`: a
+        # recipe that scales nothing down keeps the digest it had then, so runs made before still resume.
+        if not data["scale_down"]:
+            data.pop("scale_down")
+            data["trainer_extra"] = {}
         return _digest(data)
 
 
@@ -137,6 +142,13 @@ class Resolved:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Resolved:
+        recipe = dict(data.get("recipe") or {})
+        # run.yaml written before 2026-12-01: an empty trainer_extra is the same recipe; a filled one holds the
+        # deleted rehearsal imitation's knobs, whose runs verl cannot resume.
+        if recipe.pop("trainer_extra", None) or recipe.get("trainer") == "rehearsal":
+            raise UserError("this run was trained by the rehearsal imitation that verl's own trainer replaced; "
+                            "start a new run (justrl-hpc rehearse)", "recipe.trainer")
+        data = {**data, "recipe": recipe}
         return cls(
             recipe=build(RecipeConfig, data.get("recipe") or {}, "recipe"),
             cluster=build(ClusterConfig, data.get("cluster") or {}, "cluster"),

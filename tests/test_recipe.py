@@ -168,3 +168,29 @@ def test_bad_cpu_recipe_is_one_error_naming_the_field(sets, field):
     with pytest.raises(UserError) as err:
         resolve("rehearsal", "dev", sets)
     assert err.value.field == field, (err.value.field, str(err.value))
+
+
+def test_a_run_yaml_from_before_scale_down_still_loads_with_its_fingerprint(tmp_path):
+    """run.yaml written before the imitation was replaced: a verl recipe's empty `trainer_extra` is the same
+    recipe (same fingerprint, so `launch --resume` accepts it); an imitation run says why it cannot resume."""
+    import yaml
+
+    from justrl_hpc.config import Resolved
+    from justrl_hpc.errors import UserError
+
+    data = yaml.safe_load(yaml.safe_dump(resolve("justrl-deepseek-1.5b", "a800-4x8").to_dict()))
+    old = {**data, "recipe": {k: v for k, v in data["recipe"].items() if k != "scale_down"} | {"trainer_extra": {}}}
+    loaded = Resolved.from_dict(old)
+    assert loaded.recipe.fingerprint() == resolve("justrl-deepseek-1.5b", "a800-4x8").recipe.fingerprint()
+    # The digest as it was computed before: the whole recipe but its description, trainer_extra included.
+    import hashlib
+    import json
+
+    before = {k: v for k, v in old["recipe"].items() if k != "description"}
+    blob = json.dumps(before, sort_keys=True, separators=(",", ":"), default=str)
+    assert loaded.recipe.fingerprint() == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    imitation = {**old, "recipe": {**old["recipe"], "trainer": "rehearsal", "trainer_extra": {"rehearsal.seed": 1}}}
+    with pytest.raises(UserError) as err:
+        Resolved.from_dict(imitation)
+    assert err.value.field == "recipe.trainer" and "start a new run" in str(err.value)
+
