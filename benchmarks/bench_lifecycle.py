@@ -1,4 +1,4 @@
-"""Chunk lifecycle on the dev cluster with the rehearsal trainer: overheads, requeue gap, steps lost.
+"""Chunk lifecycle on the dev cluster with verl's own trainer (the rehearsal recipe): overheads, requeue gap, steps lost.
 
     .venv/bin/python benchmarks/bench_lifecycle.py [--steps 80] [--time-limit 2]
 

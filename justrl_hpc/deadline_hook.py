@@ -3,8 +3,8 @@
 verl's legacy trainer calls `should_save_ckpt_esi` after every actor update; it reads the deadline from
 the environment (MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP) with os.getenv at each step and saves when
 the time left is within 60 s + the longest step + trainer.esi_redundant_time. A chunk cannot change the
-environment of a running Ray actor, so this hook (Ray's `worker_process_setup_hook`, or a direct call in the
-rehearsal trainer) starts a thread that watches `<control dir>/stop` and, once it appears, keeps the deadline
+environment of a running Ray actor, so this hook (Ray's `worker_process_setup_hook`, in every worker of the
+trainer, the TaskRunner included) starts a thread that watches `<control dir>/stop` and, once it appears, keeps the deadline
 a few seconds ahead of now: the next step boundary then saves. verl itself is not modified.
 """
 

@@ -1,6 +1,6 @@
 """The trainer process of one chunk: start it, follow its steps and saves, stop it at a step boundary.
 
-The trainer is verl (`python -m verl.trainer.main_ppo`) or the rehearsal, started the same way. What the
+The trainer is verl (`python -m verl.trainer.main_ppo`), on GPUs or on the CPU backend. What the
 chunk learns about it comes from outside, never from its internals: its console lines (`step:N - … -
 timing_s/step:…`, verl's console logger), verl's tracker file, and its exit status.
 """

@@ -1,8 +1,8 @@
 """Export: a real rehearsal checkpoint → verl's own model merger → an HF folder that transformers loads, with
 weights equal to the shards; torn and corrupted shards refused; bad CLI input is one `error:` line.
 
-The run folder is made like a person would (`launch --create-only`), then the rehearsal trainer runs two
-steps directly in it (saving both), the way tests/test_rehearsal.py drives it.
+The run folder is the session's verl run (`verl_run` in conftest: made with `launch --create-only`, then verl's
+own main_ppo trained two steps in it, saving both), copied.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def start(args: list[str]) -> subprocess.Popen[str]:
 def test_sigterm_only_preemption_resumes_from_a_verified_checkpoint(devcluster, rehearsal_data, tmp_path):
     """Clusters that preempt with SIGTERM alone (submitit ignores it).
 
-    The chunk asks for a save at once, but a Ray driver (verl's main_ppo, and the rehearsal) exits on SIGTERM
+    The chunk asks for a save at once, but a Ray driver (verl's main_ppo) exits on SIGTERM
     through Ray's own handler, so the steps since the last save are usually retrained: the guarantee here is
     that the next chunk resumes from a verified checkpoint, not that the grace always saves.
     """
@@ -117,7 +117,7 @@ def test_outside_requeue_is_a_preemption_that_resumes(devcluster, rehearsal_data
     second = events(run_dir, "trainer-started")[1]
     assert second["step"] == first_exit["last_saved"]
     assert events(run_dir, "finished")[0]["step"] == 30
-    # Every step trained; the one saved as the SIGTERM landed may miss its metrics: verl (and the rehearsal)
+    # Every step trained; the one saved as the SIGTERM landed may miss its metrics: verl
     # log a step's metrics after its save, and a Ray driver exits on SIGTERM.
     assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {first_exit["last_saved"]}
 

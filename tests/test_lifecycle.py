@@ -1,4 +1,4 @@
-"""The run as resumable chunks, on the dev cluster's real Slurm with the rehearsal trainer and real Ray.
+"""The run as resumable chunks, on the dev cluster's real Slurm with verl's own trainer (the rehearsal recipe on the CPU backend) and real Ray.
 
 Each test launches `python -m justrl_hpc.launch --recipe rehearsal --cluster dev` like a person would and reads
 the outcome from the run folder: the ledger, the checkpoints, the TensorBoard events.

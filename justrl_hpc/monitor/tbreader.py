@@ -2,7 +2,7 @@
 
 verl 0.9.1 logs through `torch.utils.tensorboard.SummaryWriter.add_scalar` (verl/utils/tracking.py,
 `_TensorboardAdapter`): one Event per scalar with a tf1-style `simple_value`, file version "brain.Event:2",
-no `purge_step`, so no SessionLog.START. The rehearsal trainer uses the same class. tf2-style scalars (a
+no `purge_step`, so no SessionLog.START. The rehearsal (verl on the CPU backend) uses the same class. tf2-style scalars (a
 scalar-shaped `tensor` whose tag carries plugin "scalars", as `tensorboard.plugins.scalar.summary_v2` and
 `add_scalar(new_style=True)` write them) are read too.
 
