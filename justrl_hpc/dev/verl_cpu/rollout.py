@@ -196,10 +196,6 @@ class HFServer:
                 self.global_steps = global_steps
         return len(state)
 
-    async def weights_digest(self) -> dict[str, float]:
-        """Sum of every parameter, for tests that check the trainer's weights arrived."""
-        return {k: float(v.double().sum()) for k, v in self.model.state_dict().items()}
-
     async def set_global_steps(self, global_steps: int) -> None:
         self.global_steps = global_steps
 
