@@ -28,9 +28,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from justrl_hpc.monitor import gpu_rules, nvml  # noqa: E402
-from justrl_hpc.monitor.agent import TelemetryFile, build_sample  # noqa: E402
-from justrl_hpc.monitor.telemetry import SampleWindow, TelemetryTail  # noqa: E402
+from justrl_hpc.monitor.agent import nvml, replay  # noqa: E402
+from justrl_hpc.monitor.agent.sampler import TelemetryFile, build_sample  # noqa: E402
+from justrl_hpc.monitor.rules import gpu as gpu_rules  # noqa: E402
+from justrl_hpc.monitor.sources.telemetry import SampleWindow, TelemetryTail  # noqa: E402
 
 RECORDING = REPO / "tests" / "data" / "nvml_a800_8gpu.jsonl"
 GIB = 1 << 30
@@ -96,7 +97,7 @@ def host_stats(k: int) -> dict[str, Any]:
 
 
 def measure_monitor(directory: Path, nodes: int = 4, minutes: int = 10, cycles: int = 30) -> dict[str, Any]:
-    _, readings = nvml.load_recording(RECORDING)
+    _, readings = replay.load_recording(RECORDING)
     start = time.time() - minutes * 60
     hosts = [f"gpu-n{i + 1}" for i in range(nodes)]
     files = {h: TelemetryFile(directory, h, fsync=False) for h in hosts}

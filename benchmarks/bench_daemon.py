@@ -27,7 +27,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from justrl_hpc.monitor.agent import samples_from_recording  # noqa: E402
+from justrl_hpc.monitor.agent.sampler import samples_from_recording  # noqa: E402
 
 RECORDING = REPO / "tests" / "data" / "nvml_a800_8gpu.jsonl"
 HOSTS = [f"gpu-n{i}" for i in range(1, 5)]
@@ -97,8 +97,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=1.0)
-    ap.add_argument("--history-s", type=int, default=60,
-                    help="telemetry written before the daemon starts (1800: the GPU rules' full window)")
+    ap.add_argument(
+        "--history-s",
+        type=int,
+        default=60,
+        help="telemetry written before the daemon starts (1800: the GPU rules' full window)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,9 +5,9 @@
 Runs a real rehearsal launch (dev cluster, 2 nodes, real Slurm/submitit/Ray) to its target step and reads the
 figures off its ledger. The naive way (the published approach: periodic saves every `save_freq` steps, no
 save before the limit, the job killed at its wall clock) is computed from the same chunk ends: it loses the
-steps trained since its last periodic save. The per-chunk figures come from justrl_hpc.report (the same
+steps trained since its last periodic save. The per-chunk figures come from justrl_hpc.launcher.report (the same
 derivation as `justrl-hpc report` and the dashboard); the real 4,380-step run is then modelled with the overheads
-measured here (justrl_hpc.report.model_real_run), the suite's way and the naive way.
+measured here (justrl_hpc.launcher.real_run_model.model_real_run), the suite's way and the naive way.
 Prints Markdown; benchmarks/run_all.sh appends it to BENCHMARKS.md.
 """
 
@@ -36,8 +36,8 @@ def main() -> int:
     args = p.parse_args()
     if args.from_run:
         return report(args.from_run, args, wall=None)
-    from justrl_hpc import devcluster
-    from justrl_hpc.rehearsal.prepare import prepare
+    from justrl_hpc.dev.devcluster import cluster as devcluster
+    from justrl_hpc.dev.toy.prepare import prepare
 
     devcluster.up()
     work = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
@@ -79,9 +79,10 @@ def main() -> int:
 
 
 def report(run_dir: Path, args: argparse.Namespace, wall: float | None) -> int:
-    # The per-chunk figures come from justrl_hpc.report, the same derivation `justrl-hpc report` and the
+    # The per-chunk figures come from justrl_hpc.launcher.report, the same derivation `justrl-hpc report` and the
     # dashboard use; this script only lays them out and adds the naive column and the real-run model.
-    from justrl_hpc.report import measured_overheads, model_real_run, report_run
+    from justrl_hpc.core.goodput import report_run
+    from justrl_hpc.launcher.real_run_model import measured_overheads, model_real_run
 
     rep = report_run(run_dir)
     if wall is None:

@@ -100,7 +100,7 @@ def tag_names(count: int) -> list[str]:
 
 
 def _frame(data: bytes, crc: Any) -> bytes:
-    from justrl_hpc.monitor.tbreader import masked
+    from justrl_hpc.monitor.sources.tfrecord import masked
 
     header = struct.pack("<Q", len(data))
     return header + struct.pack("<I", masked(crc(header))) + data + struct.pack("<I", masked(crc(data)))
@@ -135,8 +135,8 @@ def write_events(path: Path, tags: list[str], steps: range, t0: float, append: b
 def measure(reader: str, logdir: Path) -> dict[str, Any]:
     t, cpu = time.perf_counter(), time.process_time()
     if reader.startswith("tbtail"):
-        from justrl_hpc.monitor.tbreader import TBTail
-        from justrl_hpc.monitor.view import TB_TAGS
+        from justrl_hpc.monitor.dashboard.sources import TB_TAGS
+        from justrl_hpc.monitor.sources.tensorboard import TBTail
 
         kwargs: dict[str, Any] = {}
         if reader == "tbtail-tags":
@@ -201,7 +201,7 @@ def run_child(reader: str, logdir: Path) -> dict[str, Any]:
 
 
 def poll_cost(tmp: Path, tags: list[str], steps: int, fraction: float, repeats: int = 5) -> dict[str, Any]:
-    from justrl_hpc.monitor.tbreader import TBTail
+    from justrl_hpc.monitor.sources.tensorboard import TBTail
 
     logdir = tmp / f"poll-{int(fraction * 100)}"
     logdir.mkdir()

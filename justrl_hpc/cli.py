@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from justrl_hpc.errors import UserError, cli_entry
+from justrl_hpc.core.errors import UserError, cli_entry
 
 VERBS: dict[str, tuple[str, str]] = {
     "launch": (
@@ -13,19 +13,27 @@ VERBS: dict[str, tuple[str, str]] = {
         "submit the run as resumable chunks (same as python -m justrl_hpc.launch)",
     ),
     "rehearse": (
-        "justrl_hpc.rehearse",
-        "the whole lifecycle on this machine: dev cluster + rehearsal recipe",
+        "justrl_hpc.dev.rehearse",
+        "the whole lifecycle on this machine: dev cluster + rehearsal recipe + the monitor daemon",
     ),
-    "devcluster": ("justrl_hpc.devcluster", "a real Slurm on this machine: up | down | status"),
+    "devcluster": ("justrl_hpc.dev.devcluster.cli", "a real Slurm on this machine: up | down | status"),
     "prepare-data": (
-        "justrl_hpc.prepare_cli",
+        "justrl_hpc.jobs.prepare_data.job",
         "DAPO-Math-17k and validation sets -> verl parquet (or --rehearsal)",
     ),
-    "save-now": ("justrl_hpc.control", "ask a running chunk to save at the next step and requeue"),
-    "status": ("justrl_hpc.control", "one screen of where a run stands (ledger + Slurm)"),
-    "report": ("justrl_hpc.report", "goodput: where a run's allocated time went, per chunk (--json)"),
-    "recipe": ("justrl_hpc.recipe_cli", "show a recipe beside the published values (the fidelity table)"),
+    "save-now": ("justrl_hpc.launcher.control", "ask a running chunk to save at the next step and requeue"),
+    "status": ("justrl_hpc.launcher.control", "one screen of where a run stands (ledger + Slurm)"),
+    "monitor-job": (
+        "justrl_hpc.launcher.monitor_job",
+        "the monitor daemon as a chain of 1-CPU Slurm jobs until the run ends (strict login nodes)",
+    ),
+    "report": ("justrl_hpc.launcher.report", "goodput: where a run's allocated time went, per chunk (--json)"),
+    "recipe": ("justrl_hpc.launcher.recipe_show", "show a recipe beside the published values (the fidelity table)"),
 }
+
+
+# A verb whose flag hands it to code of this machine only: the rehearsal's toy data is not a job of the real run.
+FLAGGED: dict[tuple[str, str], str] = {("prepare-data", "--rehearsal"): "justrl_hpc.dev.toy.prepare_cli"}
 
 
 def usage() -> str:
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         raise UserError(f"unknown verb {verb!r}; one of: {', '.join(VERBS)}", "justrl-hpc")
-    module = importlib.import_module(VERBS[verb][0])
+    target = next((m for (v, flag), m in FLAGGED.items() if v == verb and flag in rest), VERBS[verb][0])
+    module = importlib.import_module(target)
     entry = getattr(module, "verb_main", None)
     if entry is not None:
         return int(entry(verb, rest) or 0)

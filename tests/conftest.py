@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+from helpers import Hook
 
-from justrl_hpc import devcluster as _devcluster
+from justrl_hpc.dev.devcluster import cluster as _devcluster
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +37,7 @@ def devcluster() -> Iterator[_devcluster.ClusterStatus]:
 @pytest.fixture(scope="session")
 def rehearsal_data(tmp_path_factory):
     """The rehearsal's toy data and tiny base model, made once per session (~12 s)."""
-    from justrl_hpc.rehearsal.prepare import prepare
+    from justrl_hpc.dev.toy.prepare import prepare
 
     out = tmp_path_factory.mktemp("rehearsal-data")
     prepare(out)
@@ -50,9 +54,9 @@ def verl_run(rehearsal_data, tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from justrl_hpc import checkpoints
-    from justrl_hpc.recipe import ChunkContext, trainer_command
-    from justrl_hpc.rundir import load
+    from justrl_hpc.core import checkpoints
+    from justrl_hpc.core.recipe import ChunkContext, trainer_command
+    from justrl_hpc.core.run_folder import load
 
     repo = Path(__file__).resolve().parents[1]
     base = tmp_path_factory.mktemp("verl-run")
@@ -81,3 +85,38 @@ def verl_run(rehearsal_data, tmp_path_factory):
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "2"
     assert checkpoints.verified_steps(run_dir / "checkpoints", 2) == [1, 2]
     return run_dir
+
+
+@pytest.fixture
+def http() -> Iterator[tuple[str, Hook]]:
+    hook = Hook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            hook.requests.append((self.command, self.path, body))
+            if hook.blocking:
+                hook.entered.set()
+                hook.block.wait(10)
+            status = hook.statuses.pop(0) if hook.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_POST = _answer
+        do_GET = _answer
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hook
+    finally:
+        hook.block.set()
+        server.shutdown()
+        server.server_close()

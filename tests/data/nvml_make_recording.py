@@ -1,5 +1,5 @@
 """Writes tests/data/nvml_a800_8gpu.jsonl: 24 minutes of 8 × A800-SXM4-80GB under a GRPO step cycle,
-in the exact format `python -m justrl_hpc.monitor.agent --record FILE` writes (nvml.Recorder).
+in the exact format `python -m justrl_hpc.monitor.agent --record FILE` writes (replay.Recorder).
 
 Not a capture from a real node (this machine has no GPU): a deterministic synthesis of what NVML reports on
 an A100/A800 SXM4 board during verl training, for tests and benchmarks. Replace it with a real recording
@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from justrl_hpc.monitor.nvml import GPU_KEYS, Reading, Recorder  # noqa: E402
+from justrl_hpc.monitor.agent.nvml import GPU_KEYS, Reading  # noqa: E402
+from justrl_hpc.monitor.agent.replay import Recorder  # noqa: E402
 
 INTERVAL = 15.0
 READINGS = 96  # 24 minutes

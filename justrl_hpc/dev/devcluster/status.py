@@ -1,0 +1,87 @@
+"""Where a dev cluster stands: which daemons run (from the pid files), and node states from sinfo."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from justrl_hpc.dev.devcluster.conf import _conf_ports, _etc_is_ours
+from justrl_hpc.dev.devcluster.layout import DAEMONS, NODES, PARTITION, Layout, resolve_scratch, slurm_env
+from justrl_hpc.dev.devcluster.procs import _recorded_pid
+
+# sinfo %T states of a node that can take jobs (no trailing `*`: that means "not responding").
+USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
+
+
+@dataclass
+class ClusterStatus:
+    """Where one dev cluster stands. `daemons` maps munged/slurmctld/slurmd-nX to its pid, None when not running."""
+
+    scratch: Path
+    conf: Path
+    partition: str = PARTITION
+    daemons: dict[str, int | None] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)
+    keeper: int | None = None
+    ctld_port: int | None = None
+    etc_conf: bool = False  # /etc/slurm/slurm.conf is this cluster's, so plain Slurm commands reach it
+    started_now: bool = False  # this `up` call started the cluster from nothing
+
+    @property
+    def up(self) -> bool:
+        return (
+            all(self.daemons.get(d) for d in DAEMONS)
+            and len(self.nodes) == len(NODES)
+            and all(self.nodes.get(n) in USABLE_STATES for n in NODES)
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["scratch"], d["conf"], d["up"] = str(self.scratch), str(self.conf), self.up
+        return d
+
+
+def _sinfo_nodes(layout: Layout) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %T"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+            env=slurm_env(layout.root),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0:
+        return {}
+    nodes = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            nodes[parts[0]] = parts[1].lower()
+    return nodes
+
+
+def _status(layout: Layout, query_slurm: bool = True) -> ClusterStatus:
+    daemons = {d: _recorded_pid(layout.pidfile(d)) for d in DAEMONS}
+    ports = None
+    with contextlib.suppress(OSError):
+        ports = _conf_ports(layout.conf.read_text())
+    nodes = _sinfo_nodes(layout) if query_slurm and daemons["slurmctld"] and daemons["munged"] else {}
+    return ClusterStatus(
+        scratch=layout.root,
+        conf=layout.conf,
+        daemons=daemons,
+        nodes=nodes,
+        keeper=_recorded_pid(layout.keeper_pidfile),
+        ctld_port=ports[0] if ports else None,
+        etc_conf=_etc_is_ours(layout),
+    )
+
+
+def status(scratch: Path | str | None = None) -> ClusterStatus:
+    """Which daemons run (pid each), node states from sinfo, the partition, the conf path."""
+    return _status(Layout(resolve_scratch(scratch)))

@@ -1,0 +1,5 @@
+import sys
+
+from justrl_hpc.dev.soak.run import main
+
+sys.exit(main())

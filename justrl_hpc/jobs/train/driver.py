@@ -1,0 +1,574 @@
+"""Rank 0 of one chunk on the allocation (entry.TrainChunk hands it over).
+
+The driver brings up Ray, verifies the checkpoint to resume from, runs the trainer with the job's end
+time as verl's deadline, follows its steps and saves, and decides how the chunk ends: finished, stopped for a
+requeue (pre-limit signal, preemption, save-now), or crashed (requeued until too many chunks make no progress).
+Every other rank joins Ray and runs the node agent until the driver is done (nodes.run_node). Every transition is a ledger event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from justrl_hpc.core import slurm, slurm_act
+from justrl_hpc.core.ledger import Ledger
+from justrl_hpc.core.recipe import ChunkContext, trainer_command
+from justrl_hpc.core.run_folder import atomic_write, load
+from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster
+from justrl_hpc.jobs.train.addresses import AddressError, interface_env, node_address
+from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
+from justrl_hpc.jobs.train.in_worker.deadline_hook import (
+    CONTROL_ENV,
+    DEADLINE_ENV,
+    FINISH_TRACKERS,
+    TRACKERS_FINISHED,
+)
+from justrl_hpc.jobs.train.nodes import (
+    clean_stale,
+    put_code_first,
+    ray_resources,
+    start_agent,
+    stop_process,
+)
+from justrl_hpc.jobs.train.release import spawn_releaser
+from justrl_hpc.jobs.train.signals import ignore_limit_signal, requeue_signal
+from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
+
+POLL_S = 0.5
+TRACKER_FINISH_S = 10.0  # how long a stop waits for W&B to end its run (wandb.finish takes ~1 s offline)
+
+
+def _gb(n: float) -> str:
+    """GB with enough digits that a small filesystem does not read as "0.0 GB"."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.4f} GB"
+
+
+class Driver:
+    """Rank 0 of one chunk."""
+
+    def __init__(self, info: ChunkInfo) -> None:
+        self.info = info
+        self.resolved = load(info.run_dir)
+        self.ledger = Ledger(info.run_dir)
+        events = self.ledger.read()
+        self.chunk = 1 + sum(1 for e in events if e.get("event") == "started")
+        self.first_chunk = not any(e.get("event") == "trainer-started" for e in events)
+        self.target = self.resolved.recipe.total_training_steps
+        self.trainer: TrainerProcess | None = None
+        self.head: ray_cluster.RayHead | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.start_step: int | None = None
+        self.saved_steps: list[int] = []
+        self.logged_step: int | None = None  # the newest training step the trainer logged, this chunk
+        self.trainer_started_at: float | None = None
+        self.stop_reason: str | None = None
+        self.stop_requested_at_step: int | None = None
+        self.ended = False
+        self.end_time = slurm.job_end_time(info.job_id)
+        self.successor: str | None = None  # the chained next chunk, on clusters that forbid requeue
+
+    # -- ledger ---------------------------------------------------------------------------------------
+
+    def event(self, name: str, step: int | None = None, **fields: Any) -> None:
+        self.ledger.append(name, job_id=self.info.job_id, chunk=self.chunk, step=step, **fields)
+        where = f" step {step}" if step is not None else ""
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("nodes_list",))
+        log(
+            f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: {name}{where} {extra}".rstrip()
+        )
+        if name in ("finished", "failed"):
+            self._end_chain()
+
+    # -- the dependency chain (clusters with requeue_allowed: false) ------------------------------------
+
+    def _arm_successor(self) -> None:
+        """Submit the next chunk now, to start once this job ends however it ends (afterany).
+
+        Armed at the start rather than at the end so that a chunk killed outright (node failure, kill -9,
+        preemption that cancels) still has a successor; a run that finishes or fails for good cancels it.
+        """
+        from justrl_hpc.core.run_folder import entry_points
+        from justrl_hpc.jobs.train.submission import RecordedEntry, make_executor
+
+        executor = make_executor(
+            self.resolved, self.info.run_dir, self.info.nodes, dependency=f"afterany:{self.info.job_id}"
+        )
+        try:
+            job = executor.submit(RecordedEntry(entry_points(self.info.run_dir).submitit, self.info.run_dir))
+        except Exception as exc:  # sbatch's refusal arrives as a generic error from submitit
+            lines = str(exc).strip().splitlines()
+            self.event("chain-broken", reason=f"sbatch refused the next chunk: {lines[-1] if lines else exc}")
+            return
+        self.successor = str(job.job_id)
+        # The successor's id as the event's job id: `launch --resume` and `status` see the live pending job.
+        self.ledger.append("chained", job_id=self.successor, chunk=self.chunk, after=self.info.job_id)
+        log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: chained job {self.successor}")
+
+    def _end_chain(self) -> None:
+        if self.successor is None:
+            return
+        successor, self.successor = self.successor, None
+        ok = slurm_act.cancel(successor)
+        self.ledger.append("chain-cancelled", job_id=successor, chunk=self.chunk, ok=ok)
+        log(f"run {self.resolved.run.name} job {self.info.job_id}: cancelled chained job {successor} (ok={ok})")
+
+    def _hand_over(self) -> None:
+        """The chunk is done and the run goes on: requeue is Slurm's job, or the chained successor's."""
+        if self.successor is None:
+            spawn_releaser(self.info.job_id)
+
+    # -- the chunk ------------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        info, res = self.info, self.resolved
+        try:
+            self.address, how = node_address(res.cluster.network_interface, None, info.nodes)
+            self.address_error: str | None = None
+        except AddressError as exc:
+            self.address, how, self.address_error = None, None, str(exc)
+        os.environ.update(interface_env(res.cluster.network_interface))  # Ray's workers and the trainer inherit it
+        self.event(
+            "started",
+            restart=info.restart,
+            nodes=info.nodes,
+            hosts=",".join(info.hostnames),
+            end_time=self.end_time,
+            address=self.address,
+            address_from=how,
+        )
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        for request in (info.paths.stop, info.paths.save_now, info.control / FINISH_TRACKERS):
+            request.unlink(missing_ok=True)
+        for answer in info.control.glob(f"{TRACKERS_FINISHED}.*"):
+            answer.unlink(missing_ok=True)
+        if not self.resolved.cluster.requeue_allowed:
+            self._arm_successor()
+        self.mark = cleanup.Mark(cleanup.run_id(info.run_dir), info.job_id, info.restart, node_name())
+        self._cleanup_event("start", cleanup.at_start(self.mark, info.control, set(slurm.active_job_ids()) | {info.job_id}))
+        clean_stale(info)
+        self.agent = start_agent(info, self.resolved.cluster.nvml_backend)
+        try:
+            outcome = self._preflight() or self._bring_up_and_train()
+        finally:
+            if self.ended:
+                self._ignore_late_limit_signal()
+            self._teardown()
+        return outcome
+
+    def _ignore_late_limit_signal(self) -> None:
+        """The run finished or failed for good: a pre-limit signal now (a chunk that ends near its limit)
+        must not reach submitit, whose handler would raise inside the teardown, leave Ray running and end
+        the job FAILED."""
+        ignore_limit_signal(f"run {self.resolved.run.name} job {self.info.job_id}")
+
+    def _preflight(self) -> str | None:
+        """Every node's checks before Ray; None when all passed, else how the chunk ended."""
+        info, res = self.info, self.resolved
+        put_code_first(info.run_dir)
+        mine = preflight.on_this_node(res, info.run_dir, self.ledger, info.job_id, self.chunk, info.rank)
+        others = preflight.gather(info.control, info.job_id, info.restart, info.nodes, res.cluster.ray_wait_timeout_s)
+        reason = preflight.verdict([mine, *others], info.run_dir)
+        if reason is None:
+            return None
+        # A bad node stays bad: requeueing onto it would fail again, so the chain stops and says why.
+        self.event("failed", reason=reason)
+        self.ended = True
+        return "failed"
+
+    def _bring_up_and_train(self) -> str:
+        info, res = self.info, self.resolved
+        if self.address is None:
+            self.event("failed", reason=f"no address the other nodes can reach: {self.address_error}")
+            self.ended = True
+            return "failed"
+        t0 = time.time()
+        cpus, gpus = ray_resources(res)
+        put_code_first(info.run_dir)
+        try:
+            self.head = ray_cluster.start_head(
+                info.job_id,
+                info.restart,
+                self.address,
+                res.cluster.ray_port,
+                cpus,
+                gpus,
+                info.paths.ray_log(info.job_id),
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return self._crashed("crashed-node", f"Ray head did not start: {exc}")
+        cleanup.note_temp_dir(info.control, self.mark, self.head.temp_dir)
+        ray_cluster.publish_head(info.control, self.head, info.restart)
+        seen, seen_gpus = ray_cluster.wait_for_nodes(
+            self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s
+        )
+        if seen < info.nodes or seen_gpus < info.nodes * gpus:
+            return self._crashed(
+                "crashed-node",
+                f"Ray saw {seen}/{info.nodes} nodes and {seen_gpus:g}/{info.nodes * gpus} GPUs after "
+                f"{res.cluster.ray_wait_timeout_s} s",
+            )
+        self.event("ray-ready", nodes_seen=seen, gpus_seen=seen_gpus, seconds=round(time.time() - t0, 1))
+
+        from justrl_hpc.core import checkpoints
+
+        ckpt_dir = info.paths.checkpoints
+        self._steps_from_tensorboard(*self._previous_trainer())
+        decision = checkpoints.prepare_resume(
+            ckpt_dir, res.recipe.world_size, ledger=self.ledger, job_id=info.job_id, chunk=self.chunk
+        )
+        if not decision.ok:
+            self.event("failed", reason=f"no checkpoint to resume from: {decision.reason}")
+            return "failed"
+        self.start_step = decision.step or 0
+        if self.start_step >= self.target:
+            # The previous chunk saved the target step as it was being stopped: nothing left to train.
+            self.event("finished", step=self.start_step, note="target already saved")
+            self.ended = True
+            return "finished"
+        if decision.step is None and not self.first_chunk:
+            log("no checkpoint yet: the trainer starts from step 0")
+        self._retention()
+        need = int(checkpoints.newest_size(ckpt_dir, res.recipe.world_size) * 1.1 + res.cluster.min_free_disk_gb * 1e9)
+        ok, free = checkpoints.disk_check(ckpt_dir, need)
+        if not ok:
+            # A save into a full filesystem tears the checkpoint; better to stop and say so than to train on.
+            self.event("failed", step=self.start_step,
+                       reason=f"{ckpt_dir} has {_gb(free)} free; the next checkpoint plus "
+                       f"cluster.min_free_disk_gb needs {_gb(need)}: free space there, then "
+                       "`python -m justrl_hpc.launch --resume RUN`")
+            self.ended = True
+            return "failed"
+
+        chunk_ctx = ChunkContext(first_chunk=self.first_chunk, deadline_epoch=self.end_time)
+        env = dict(os.environ)
+        env.update(
+            {
+                "RAY_ADDRESS": self.head.address,
+                CONTROL_ENV: str(info.control),
+                "TENSORBOARD_DIR": str(info.paths.tensorboard),
+            }
+        )
+        if self.end_time:
+            env[DEADLINE_ENV] = str(int(self.end_time))
+        cmd = trainer_command(res, info.run_dir, chunk_ctx)
+        cmd[0] = sys.executable
+        self.trainer = TrainerProcess(cmd, info.paths.trainer_log, ckpt_dir, env,
+                                      cwd=info.paths.logs)
+        self.trainer_started_at = time.time()
+        self.trainer.start()
+        self.event(
+            "trainer-started",
+            step=self.start_step,
+            pid=self.trainer.pid,
+            seconds_since_start=round(time.time() - t0, 1),
+        )
+        return self._supervise()
+
+    def _supervise(self) -> str:
+        assert self.trainer is not None
+        while True:
+            self._follow()
+            if self.info.paths.save_now.exists() and self.stop_reason is None:
+                self.request_stop("save-now")
+            if self.stop_reason and self._saved_since_stop():
+                return self._requeue_self()
+            code = self.trainer.poll()
+            if code is not None:
+                self._follow()
+                return self._trainer_exited(code)
+            time.sleep(POLL_S)
+
+    def _follow(self) -> None:
+        """Ledger events for steps logged and checkpoints written since the last look."""
+        assert self.trainer is not None
+        for step in self.trainer.new_steps():
+            self.event("step", step=step)
+            self.logged_step = step if self.logged_step is None else max(self.logged_step, step)
+        tracked = self.trainer.tracker_step()
+        if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0):
+            from justrl_hpc.core import checkpoints
+
+            step_dir = self.info.paths.checkpoints / f"global_step_{tracked}"
+            verdict = checkpoints.verify(step_dir, self.resolved.recipe.world_size)
+            if verdict.ok:
+                self.saved_steps.append(tracked)
+                self.event("saved", step=tracked, bytes=verdict.bytes)
+                self._retention()
+
+    def _saved_since_stop(self) -> bool:
+        """Some verified save after the step in flight when the stop came, whose step is logged.
+
+        Any such save, not the newest: after a stop request verl saves every step, so a fast trainer's
+        newest save is always one step ahead of its log, and waiting for the newest to be logged never ends.
+        """
+        if not self.saved_steps or self.trainer is None:
+            return False
+        asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
+        logged = self.trainer.last_step or 0
+        return any(asked < s <= logged for s in self.saved_steps)
+
+    def _retention(self) -> None:
+        from justrl_hpc.core import checkpoints
+
+        run = self.resolved.run
+        deleted = checkpoints.apply_retention(
+            self.info.paths.checkpoints,
+            self.resolved.recipe.world_size,
+            run.keep_last,
+            run.keep_every,
+            protect=set(),
+        )
+        if deleted:
+            log(f"retention deleted checkpoints {deleted}")
+
+    # -- stopping -------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.stop_requested_at_step = self.trainer.last_step if self.trainer else None
+        atomic_write(self.info.paths.stop, json.dumps({"reason": reason, "time": time.time()}))
+        self.event("stop-requested", step=self.stop_requested_at_step, reason=reason)
+
+    def wait_for_save(self, budget_s: float) -> bool:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            self._follow()
+            if self._saved_since_stop():
+                return True
+            if self.trainer is None or self.trainer.poll() is not None:
+                self._follow()
+                return self._saved_since_stop()
+            time.sleep(POLL_S)
+        return False
+
+    def _save_budget(self, grace_s: float | None = None) -> float:
+        left = (
+            (self.end_time - time.time() - 10)
+            if self.end_time
+            else float(self.resolved.cluster.signal_lead_s)
+        )
+        if grace_s is not None:
+            left = min(left, grace_s - 10)
+        return max(left, 0.0)
+
+    def stop_for_requeue(self) -> bool:
+        """Pre-limit signal or USR2 preemption: save at the next step, stop, and let submitit requeue.
+
+        Returns False when the run must not be requeued (it already finished or failed for good).
+        """
+        if self.ended:
+            return False
+        timed_out = (
+            self.end_time is not None
+            and time.time() >= self.end_time - self.resolved.cluster.signal_lead_s - 90
+        )
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.request_stop("time-limit" if timed_out else "preempted")
+            saved = self.wait_for_save(self._save_budget())
+            code = self._stop_trainer()
+            self._follow()
+            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        if self._reached_target():
+            self.event("finished", step=self._last_saved())
+            self.ended = True
+            self._teardown()
+            return False
+        if not self.saved_steps and self._give_up(self.stop_reason or "signal", "the chunk ended before a save"):
+            self._teardown()
+            return False
+        via = {"chained_to": self.successor} if self.successor else {}
+        self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal", **via)
+        self.ended = True
+        self._teardown()
+        self._hand_over()
+        return True
+
+    def _stop_trainer(self, grace_s: float = 20.0) -> int | None:
+        """Stop the trainer; first, with W&B among the trackers, ask verl's logging actor to end its W&B run
+        (in_worker.deadline_hook) and wait a few seconds for its answer, so the offline file keeps its last
+        steps. The stop comes after the save, so a step logged after that is trained again next chunk."""
+        assert self.trainer is not None
+        if "wandb" in self.resolved.recipe.trackers and self.trainer.poll() is None:
+            control = self.info.control
+            atomic_write(control / FINISH_TRACKERS, f"{time.time()}\n")
+            deadline = time.monotonic() + min(TRACKER_FINISH_S, max(grace_s - 5, 1.0))
+            while not list(control.glob(f"{TRACKERS_FINISHED}.*")) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if not list(control.glob(f"{TRACKERS_FINISHED}.*")):
+                log(f"job {self.info.job_id}: W&B did not say its run ended within {TRACKER_FINISH_S:g} s; stopping anyway")
+        return self.trainer.stop(grace_s=grace_s)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM-only preemption (submitit ignores SIGTERM): save within the grace, stop, exit.
+
+        Slurm requeues a preempted job itself when the partition says so; a cancelled job stays cancelled.
+        """
+        if self.ended:
+            return
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.request_stop("sigterm")
+            saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
+            code = self._stop_trainer(grace_s=5)
+            self._follow()
+            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+        self.ended = True
+        self._teardown()
+        # A preemption with PreemptMode=REQUEUE brings the job back after Slurm's hold; release it early.
+        self._hand_over()
+        sys.exit(143)
+
+    def _requeue_self(self) -> str:
+        """save-now: the save is done; stop the trainer and requeue through submitit's own path (USR2)."""
+        assert self.trainer is not None
+        code = self._stop_trainer()
+        self._follow()
+        self._exited_event(code, "stopped")
+        self.trainer = None
+        if self._reached_target():
+            self.event("finished", step=self._last_saved())
+            self.ended = True
+            return "finished"
+        os.kill(os.getpid(), requeue_signal())
+        time.sleep(60)  # submitit's handler requeues and exits the process
+        return "requeued"
+
+    # -- endings --------------------------------------------------------------------------------------
+
+    def _reached_target(self) -> bool:
+        return (self._last_saved() or 0) >= self.target
+
+    def _last_saved(self) -> int | None:
+        """The newest verified save whose step was logged: what the next chunk resumes from. verl saves a
+        step before logging it, so a save newer than the log is set aside at the next start
+        (checkpoints.prepare_resume) and its step retrained."""
+        logged = [s for s in self.saved_steps if self.logged_step is not None and s <= self.logged_step]
+        return max(logged) if logged else self.start_step
+
+    def _steps_from_tensorboard(self, since: float | None, job_id: str | None = None,
+                                chunk: int | None = None) -> None:
+        """`step` events for steps TensorBoard holds and the console line never showed (logged_steps.py),
+        in the name of the chunk whose trainer logged them (by default this one)."""
+        if since is None:
+            return
+        from justrl_hpc.core.checkpoints import logged_steps
+        from justrl_hpc.jobs.train.logged_steps import record_unseen
+
+        job_id, chunk = (job_id, chunk) if job_id is not None else (self.info.job_id, self.chunk)
+        known = max(self.logged_step or 0, self.start_step or 0, logged_steps(self.ledger) or 0)
+        for step in record_unseen(self.ledger, self.info.paths.tensorboard, since, known, job_id, chunk):
+            log(f"run {self.resolved.run.name} job {job_id} chunk {chunk}: step {step} source=tensorboard "
+                "(its console line never reached the trainer log)")
+            if job_id == self.info.job_id and chunk == self.chunk:
+                self.logged_step = step
+                if self.trainer is not None:
+                    self.trainer.last_step = step
+                    self.trainer.steps_seen.append(step)
+
+    def _previous_trainer(self) -> tuple[float | None, str | None, int | None]:
+        """When the run's latest trainer started, its job and chunk (from the ledger); None before the first."""
+        from justrl_hpc.core.ledger import parse_time
+
+        starts = [e for e in self.ledger.read() if e.get("event") == "trainer-started" and e.get("time")]
+        if not starts:
+            return None, None, None
+        return parse_time(starts[-1]["time"]), starts[-1].get("job_id"), starts[-1].get("chunk")
+
+    def _exited_event(self, code: int | None, reason: str) -> None:
+        assert self.trainer is not None
+        self._steps_from_tensorboard(self.trainer_started_at)
+        steps = self.trainer.steps_seen
+        self.event(
+            "trainer-exited",
+            step=self.trainer.last_step,
+            exit_code=code,
+            reason=reason,
+            first_step=steps[0] if steps else None,
+            last_saved=self._last_saved(),
+            progress=bool(self.saved_steps),
+        )
+
+    def _trainer_exited(self, code: int) -> str:
+        assert self.trainer is not None
+        reached = self._reached_target()
+        reason = classify_exit(code, reached, self.trainer.log_tail())
+        if reason == "crashed-other" and self._checkpoint_disk_full():
+            reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
+        self._exited_event(code, reason)
+        if reason == "finished":
+            self.event("finished", step=self.target)
+            self.ended = True
+            return "finished"
+        if self.stop_reason and self._saved_since_stop():
+            return self._requeue_self()
+        return self._crashed(reason, f"trainer exited with status {code}")
+
+    def _checkpoint_disk_full(self) -> bool:
+        """Less room left where checkpoints go than the newest checkpoint takes."""
+        from justrl_hpc.core import checkpoints
+
+        ckpt_dir = self.info.paths.checkpoints
+        size = checkpoints.newest_size(ckpt_dir, self.resolved.recipe.world_size)
+        return size > 0 and not checkpoints.disk_check(ckpt_dir, size)[0]
+
+    def _no_progress_streak(self) -> int:
+        """Chunks started since the last verified save (or since the last submission), this one included."""
+        streak = 0
+        for e in reversed(self.ledger.read()):
+            if e.get("event") in ("saved", "submitted"):
+                break
+            if e.get("event") == "started":
+                streak += 1
+        return streak
+
+    def _give_up(self, reason: str, detail: str) -> bool:
+        """True (and a `failed` event) when too many chunks in a row ended without a new checkpoint."""
+        streak, cap = self._no_progress_streak(), self.resolved.run.max_no_progress_chunks
+        if streak < cap:
+            log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
+            return False
+        self.event("failed", step=self._last_saved(),
+                   reason=f"{streak} chunks in a row made no progress; last: {reason} ({detail}); "
+                   "resubmit with `python -m justrl_hpc.launch --resume RUN` after fixing it")
+        self.ended = True
+        return True
+
+    def _crashed(self, reason: str, detail: str) -> str:
+        """Requeue after a crash, unless too many chunks in a row made no progress."""
+        if self.trainer is None:  # never got to start the trainer
+            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason,
+                               detail=detail)
+        if self._give_up(reason, detail):
+            return "failed"
+        self.stop_reason = reason
+        self.trainer = None
+        os.kill(os.getpid(), requeue_signal())
+        time.sleep(60)  # submitit's handler requeues and exits the process
+        return "requeued"
+
+    def _teardown(self) -> None:
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.trainer.stop()
+        try:
+            self.info.done_file.parent.mkdir(parents=True, exist_ok=True)
+            self.info.done_file.touch()
+        except OSError:
+            pass
+        if self.head is not None:
+            ray_cluster.stop(self.head.temp_dir)
+            self.head = None
+        stop_process(self.agent)
+        self.agent = None
+        self._cleanup_event("end", cleanup.at_end(self.mark, self.info.control))
+        self.info.paths.stop.unlink(missing_ok=True)
+
+    def _cleanup_event(self, when: str, found: dict[str, Any]) -> None:
+        if found["processes"] or found["shm_removed"] or found["temp_dirs_removed"]:
+            self.event("cleanup", when=when, node=self.mark.node, **found)

@@ -1,0 +1,224 @@
+"""Faults a 15-day run meets, injected on the dev cluster: each ends with nothing lost.
+
+They are the `fault` suite: `bash scripts/faults.sh` runs it (CI runs it after the test command, which leaves it out
+to stay under 20 minutes); `JUSTRL_FAULT_SEEDS=1,2,3,4,5 bash scripts/faults.sh` repeats the random ones with more
+seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO, events, launch_args, ledger, run_launch, tb_steps, wait_for_event
+
+from justrl_hpc.dev.soak.inject import job_processes as _job_processes
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.fault]
+SEEDS = [int(s) for s in os.environ.get("JUSTRL_FAULT_SEEDS", "1").split(",")]
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_only_preemption_resumes_from_a_verified_checkpoint(devcluster, rehearsal_data, tmp_path):
+    """Clusters that preempt with SIGTERM alone (submitit ignores it).
+
+    The chunk asks for a save at once, but a Ray driver (verl's main_ppo) exits on SIGTERM
+    through Ray's own handler, so the steps since the last save are usually retrained: the guarantee here is
+    that the next chunk resumes from a verified checkpoint, not that the grace always saves.
+    """
+    run_dir = tmp_path / "sigterm"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--set", "recipe.save_freq=4", steps=30, time_limit=5),
+                     timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = events(run_dir, "submitted")[0]["job_id"]
+    wait_for_event(run_dir, "step", timeout=240, step=10)
+    # What a SIGTERM-only preemption delivers to the job's steps before its grace ends in SIGKILL.
+    subprocess.run(["scancel", "--signal=TERM", str(job)], check=True)
+    stop = wait_for_event(run_dir, "stop-requested", timeout=60)
+    assert stop["reason"] == "sigterm"
+    exited = wait_for_event(run_dir, "trainer-exited", timeout=60)
+    assert exited["reason"] in ("stopped", "stopped-unsaved") and exited["last_saved"] >= 8, exited
+    subprocess.run(["scancel", str(job)], check=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True).stdout.strip():
+            break
+        time.sleep(1)
+    # Nobody requeued it (a SIGTERM may be a cancel): the one command that continues the chain.
+    resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"], timeout=400)
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-2000:]
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == exited["last_saved"]
+    assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {exited["last_saved"]}  # see the requeue test
+
+
+PLUGINS = REPO / "tests" / "plugins"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("phase", ["shard", "data-file", "tracker"])
+def test_kill_during_a_checkpoint_write_is_never_resumed_from(devcluster, rehearsal_data, tmp_path, phase, seed):
+    """verl's own checkpoint manager writes the files; the test's plugin (tests/plugins/justrl_fault_save.py,
+    loaded by verl's VERL_USE_EXTERNAL_MODULES) SIGKILLs the trainer inside the save of one step."""
+    # The seed picks the save (every second step saves); the phase, where inside it the trainer dies.
+    crash_step = random.Random(seed).choice([4, 6, 8, 10])
+    run_dir = tmp_path / f"tornsave-{phase}-{seed}"
+    # Chunks import only the run's code snapshot: the test's module goes there, between create and submit.
+    created = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "recipe.save_freq=2",
+                                     steps=14, time_limit=3), timeout=120)
+    assert created.returncode == 0, created.stderr
+    shutil.copy(PLUGINS / "justrl_fault_save.py", run_dir / "code" / "justrl_fault_save.py")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VERL_USE_EXTERNAL_MODULES="justrl_fault_save",
+               JUSTRL_FAULT_SAVE_STEP=str(crash_step), JUSTRL_FAULT_SAVE_PHASE=phase)
+    out = subprocess.run([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
+                         capture_output=True, text=True, timeout=580, env=env)
+    assert out.returncode == 0, out.stdout[-3000:]
+    first_exit = events(run_dir, "trainer-exited")[0]
+    assert first_exit["exit_code"] == -9, first_exit
+    skipped = events(run_dir, "checkpoint-skipped")
+    resumed = events(run_dir, "trainer-started")[1]["step"]
+    assert [e["step"] for e in skipped] == [crash_step], skipped
+    if phase == "tracker":
+        # Every file was written, only the tracker lags, and the step was never logged (verl logs a step after
+        # saving it): resuming from it would leave its metrics out of TensorBoard for good; it is retrained.
+        assert "never logged" in skipped[0]["reason"], skipped
+    else:
+        want = "truncated data.pt" if phase == "data-file" else ("missing", "truncated")
+        assert skipped[0]["reason"].startswith(want), skipped
+    assert resumed == crash_step - 2
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "14"
+    # Every step trained and logged once at least (the retrained ones replace nothing: they never got logged).
+    assert sorted(set(tb_steps(run_dir))) == list(range(1, 15))
+
+
+@pytest.mark.timeout(600)
+def test_outside_requeue_is_a_preemption_that_resumes(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "requeue"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=30, time_limit=5))
+    wait_for_event(run_dir, "saved", timeout=240)
+    job = events(run_dir, "submitted")[0]["job_id"]
+    subprocess.run(["scontrol", "requeue", str(job)], check=True)
+    out, _ = proc.communicate(timeout=560)
+    assert proc.returncode == 0, out[-4000:]
+    starts = events(run_dir, "started")
+    assert len(starts) >= 2 and starts[1]["restart"] >= 1
+    first_exit = events(run_dir, "trainer-exited")[0]
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == first_exit["last_saved"]
+    assert events(run_dir, "finished")[0]["step"] == 30
+    # Every step trained; the one saved as the SIGTERM landed may miss its metrics: verl
+    # log a step's metrics after its save, and a Ray driver exits on SIGTERM.
+    assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {first_exit["last_saved"]}
+
+
+@pytest.mark.timeout(300)
+def test_preemption_during_ray_bring_up_requeues(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "early"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=6, time_limit=3))
+    wait_for_event(run_dir, "started", timeout=120)
+    job = events(run_dir, "submitted")[0]["job_id"]
+    os.kill(int(events(run_dir, "started")[0]["pid"]), signal.SIGUSR2)  # what a USR2 preemption delivers
+    out, _ = proc.communicate(timeout=280)
+    assert proc.returncode == 0, out[-3000:]
+    names = [e["event"] for e in ledger(run_dir)]
+    assert names.index("requeued") < names.index("finished")
+    assert str(job) in out
+
+
+@pytest.mark.timeout(420)
+def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tmp_path):
+    """The checkpoints' filesystem fills up in the middle of a save (a real 5 MiB tmpfs: two rehearsal
+    checkpoints fit, the third does not). The torn save is never resumed from, the verified ones stay intact,
+    and the chain stops with one line saying how much room the next checkpoint needs."""
+    from justrl_hpc.core import checkpoints
+
+    run_dir = tmp_path / "diskfull"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "cluster.min_free_disk_gb=0",
+                                 steps=40, time_limit=5), timeout=120)
+    assert out.returncode == 0, out.stderr
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(ckpt)], check=True)
+    try:
+        resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
+                            timeout=380)
+        assert resume.returncode == 1, resume.stdout[-3000:] + resume.stderr[-2000:]
+        saved = [e["step"] for e in events(run_dir, "saved")]
+        assert saved[:2] == [10, 20] and 40 not in saved, saved
+        crashed = events(run_dir, "trainer-exited")[0]
+        assert crashed["reason"] == "crashed-disk" and crashed["last_saved"] == saved[-1], crashed
+        # The next chunk never trained from the torn save: it set it aside, then refused to train on a full disk.
+        failed = events(run_dir, "failed")
+        assert len(failed) == 1 and "GB free" in failed[0]["reason"] and "--resume" in failed[0]["reason"], failed
+        skipped = events(run_dir, "checkpoint-skipped")
+        assert [e["step"] for e in skipped] == [30] and "torn" in skipped[0]["moved_to"], skipped
+        assert len(events(run_dir, "trainer-started")) == 1
+        for step in saved:
+            if (ckpt / f"global_step_{step}").exists():
+                assert checkpoints.verify(ckpt / f"global_step_{step}", 2).ok, step
+        assert checkpoints.latest_good(ckpt, 2) == saved[-1]
+    finally:
+        subprocess.run(["umount", "-l", str(ckpt)], check=False)
+
+
+@pytest.mark.timeout(600)
+def test_node_lost_mid_chunk_requeues_and_resumes_from_the_last_good_save(devcluster, rehearsal_data, tmp_path):
+    """A node of a 2-node chunk dies (its slurmd and every process of the job on it, at once, SIGKILL): the
+    controller marks it down after SlurmdTimeout, ends the job NODE_FAIL and requeues it; the next chunk runs
+    on the nodes left and resumes from the last verified save; every step is trained."""
+    from justrl_hpc.dev.devcluster import cluster as dc
+
+    run_dir = tmp_path / "nodeloss"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=4", steps=24,
+                             time_limit=10))
+    lost_node = None
+    try:
+        wait_for_event(run_dir, "saved", timeout=300, step=4)
+        wait_for_event(run_dir, "step", timeout=120, step=6)
+        started = events(run_dir, "started")[0]
+        job = str(started["job_id"])
+        hosts = started["hosts"].split(",")
+        assert len(hosts) == 2, started
+        lost_node = hosts[1]  # the worker node: the chunk's driver on the head node lives on, as on a cluster
+        slurmd = dc._recorded_pid(dc.Layout(devcluster.scratch).pidfile(f"slurmd-{lost_node}"))
+        victims = [p for p in [slurmd, *_job_processes(job, lost_node)] if p]
+        assert slurmd and len(victims) >= 2, victims
+        for pid in victims:  # the whole node at one instant: nobody on it reports anything
+            os.kill(pid, signal.SIGSTOP)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=480)
+        assert proc.returncode == 0, out[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        dc.up(devcluster.scratch)  # slurmd back, the node resumed, for the tests after this one
+    starts = events(run_dir, "started")
+    assert len(starts) >= 2 and lost_node not in starts[1]["hosts"].split(","), starts
+    saved_before = [e["step"] for e in events(run_dir, "saved") if e["time"] < starts[1]["time"]]
+    # Ray notices first (its actor on the lost node is unreachable): the trainer's crash reads as a node's.
+    assert events(run_dir, "trainer-exited")[0]["reason"] == "crashed-node"
+    resumed = events(run_dir, "trainer-started")[1]
+    assert resumed["step"] == max(saved_before) >= 4, (resumed, saved_before)
+    assert events(run_dir, "finished")[0]["step"] == 24
+    assert set(tb_steps(run_dir)) >= set(range(1, 25))
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "24"
+    # The report names the lost chunk and what it threw away.
+    rep = json.loads(run_launch([sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"],
+                                timeout=60).stdout)
+    first = rep["chunks"][0]
+    assert rep["finished"] and first["last_step"] >= 6 and first["steps_lost"] == first["last_step"] - resumed["step"]
+

@@ -1,0 +1,257 @@
+"""The run as resumable chunks, on the dev cluster's real Slurm with verl's own trainer (the rehearsal recipe on the CPU backend) and real Ray.
+
+Each test launches `python -m justrl_hpc.launch --recipe rehearsal --cluster dev` like a person would and reads
+the outcome from the run folder: the ledger, the checkpoints, the TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import (
+    REPO,
+    assert_each_step_once,
+    events,
+    launch_args,
+    ledger,
+    run_launch,
+    tb_steps,
+    wait_for_event,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.mark.timeout(900)
+def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "chunks"
+    # 2-minute chunks (Slurm counts minutes; its 30 s timer makes the signal land 45–75 s before the end).
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", steps=20, time_limit=2), timeout=880)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    led = ledger(run_dir)
+    requeued = [e for e in led if e["event"] == "requeued"]
+    assert len(requeued) >= 1, [e["event"] for e in led]
+    assert events(run_dir, "finished")[0]["step"] == 20
+    # At every planned chunk end the last trained step was saved: nothing to redo.
+    for e in events(run_dir, "trainer-exited"):
+        if e["reason"] == "stopped":
+            assert e["step"] == e["last_saved"], e
+    step_events = [e["step"] for e in events(run_dir, "step")]
+    assert sorted(step_events) == list(range(1, 21)), step_events
+    assert_each_step_once(run_dir, 20)
+    # `justrl-hpc report` of the same run: finished, and no chunk threw a step away at its planned end.
+    report = [sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"]
+    rep = json.loads(run_launch(report, timeout=60).stdout)
+    assert rep["finished"] and rep["last_step"] == 20, rep
+    assert [c["steps_lost"] for c in rep["chunks"]] == [0] * len(rep["chunks"]), rep["chunks"]
+    # The monitor on the same folder. The toy task's curves may trip a drift warning (its responses are a
+    # few tokens long), but nothing in a run that finished cleanly is critical, non-finite or a stall, and
+    # every alert names a step the run trained; the dashboard's one frame at 80x24 shows where it ended.
+    scan = run_launch([sys.executable, "-m", "justrl_hpc.monitor.cli", "scan", str(run_dir)], timeout=120)
+    assert scan.returncode == 0, scan.stderr[-2000:]
+    raised = [json.loads(line) for line in scan.stdout.splitlines() if line.strip()]
+    assert all(a["severity"] != "critical" and a["rule"][:2] not in ("T1", "S1") for a in raised), raised
+    assert all(a["step"] is None or 1 <= a["step"] <= 20 for a in raised), raised
+    frame = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "--once", str(run_dir)],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80", LINES="24"))
+    assert frame.returncode == 0, frame.stderr[-2000:]
+    assert "20/20" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
+    # Every incarnation of the job resumed where the previous one saved.
+    starts = events(run_dir, "trainer-started")
+    saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]
+    assert [s["step"] for s in starts] == saves_before[: len(starts)]
+    assert "requeued" in out.stdout and "finished" in out.stdout
+    # A stop request is answered within 2 steps: the driver stops the trainer once any save after the request is
+    # verified and logged (verl saves every step after it, its newest save always a step ahead of its log).
+    led = ledger(run_dir)
+    for i, e in enumerate(led):
+        if e["event"] == "stop-requested":
+            exited = next(x for x in led[i:] if x["event"] == "trainer-exited")
+            # A stop asked for before the first step (the signal during start-up) has no step: the one before
+            # the chunk's first.
+            asked = e.get("step") if e.get("step") is not None else (exited.get("first_step") or 1) - 1
+            assert (exited.get("step") or asked) - asked <= 2, (e, exited)
+    # verl's own trainer across two Ray nodes of one GPU each: its two FSDP ranks and their gloo group span nodes.
+    log = (run_dir / "logs" / "trainer.log").read_text(errors="replace")
+    assert "(TaskRunner pid=" in log and "[Rank 1] Saved model" in log
+    assert all(e["nodes_seen"] == 2 and e["gpus_seen"] == 2 for e in events(run_dir, "ray-ready"))
+    actor = run_dir / "checkpoints" / "global_step_20" / "actor"
+    assert {"model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"} <= {p.name for p in actor.iterdir()}
+    assert tb_steps(run_dir, "global_seqlen/mean") == tb_steps(run_dir)  # verl's own metric set, every step
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(600)
+def test_kill_9_of_the_trainer_resumes_from_the_last_checkpoint(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "kill9"
+    proc = subprocess.Popen(
+        launch_args(rehearsal_data, run_dir, "--wait", steps=16, time_limit=3),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    wait_for_event(run_dir, "saved", timeout=240)
+    started = events(run_dir, "trainer-started")[0]
+    os.kill(started["pid"], signal.SIGKILL)
+    # While the chunk tears Ray down to requeue itself (through submitit's own USR2 path), Slurm's pre-limit
+    # USR2 lands too (the soak found it): before the fix submitit's handler ran again inside the first one, got
+    # None from the driver that had ended, and ended the job FAILED, a broken chain.
+    wait_for_event(run_dir, "requeued", timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", str(events(run_dir, "submitted")[0]["job_id"])], check=True)
+    out, _ = proc.communicate(timeout=540)
+    assert proc.returncode == 0, out[-4000:]
+    exits = events(run_dir, "trainer-exited")
+    assert exits[0]["reason"] == "crashed-other" and exits[0]["exit_code"] == -9
+    second = events(run_dir, "trainer-started")[1]
+    assert second["step"] == exits[0]["last_saved"]
+    assert events(run_dir, "finished")
+    assert len(events(run_dir, "submitted")) == 1  # the same job requeued: the chain held
+    log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.err"))
+    assert "UncompletedJobError" not in log
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(600)
+def test_a_trainer_that_crashes_at_start_stops_the_chain(devcluster, rehearsal_data, tmp_path):
+    """verl fails every time it loads the model (its weights file is cut short): two chunks, then the chain
+    stops instead of burning allocations."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(rehearsal_data, broken)
+    weights = broken / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    run_dir = tmp_path / "crashloop"
+    out = run_launch(launch_args(broken, run_dir, "--wait", "--set", "run.max_no_progress_chunks=2"), timeout=580)
+    assert out.returncode == 1, out.stdout[-3000:]
+    failed = events(run_dir, "failed")
+    assert len(failed) == 1 and "2 chunks in a row made no progress" in failed[0]["reason"]
+    assert len(events(run_dir, "trainer-started")) == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_second_launch_of_a_live_run_is_refused(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "twice"
+    first = run_launch(launch_args(rehearsal_data, run_dir, steps=200, time_limit=3), timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = run_launch(launch_args(rehearsal_data, run_dir, steps=200, time_limit=3), timeout=120)
+    assert (
+        again.returncode == 2 and again.stderr.startswith("error: run:") and "is live as job" in again.stderr
+    )
+    resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir)], timeout=120)
+    assert resume.returncode == 2 and "is still" in resume.stderr, resume.stderr
+    job = events(run_dir, "submitted")[0]["job_id"]
+    subprocess.run(["scancel", str(job)], check=False)
+
+
+@pytest.mark.timeout(300)
+def test_launches_racing_at_one_instant_submit_one_job(devcluster, rehearsal_data, tmp_path):
+    """Three launches of one new run at the same instant (a retried script, two terminals): one creates
+    the run and submits; each other says why in one line and writes nothing; Slurm holds one job."""
+    run_dir = tmp_path / "race"
+    args = launch_args(rehearsal_data, run_dir, steps=200, time_limit=3)
+    go = tmp_path / "go"
+    # Each racer imports the launcher, then spins on the same file: they enter main() within milliseconds.
+    racer = (
+        "import os, sys, time\n"
+        "import justrl_hpc.launch\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.001)\n"
+        f"sys.exit(justrl_hpc.launch.main({args[3:]!r}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", racer], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(3)]
+    time.sleep(3)  # every racer imported and spinning
+    go.touch()
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    won = [r for r in results if r[0] == 0]
+    lost = [r for r in results if r[0] != 0]
+    assert len(won) == 1 and len(lost) == 2, results
+    for code, _out, err in lost:
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: run:") and (
+            "another launch of race is running right now" in err or "is live as job" in err
+        ), err
+    submitted = events(run_dir, "submitted")
+    assert len(submitted) == 1 and f"submitted job {submitted[0]['job_id']}" in won[0][1]
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "justrl-race"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    try:
+        assert jobs == [str(submitted[0]["job_id"])], jobs
+        from justrl_hpc.core import run_folder as rundir
+
+        assert rundir.load(run_dir).run.name == "race"  # the winner's run.yaml, whole
+    finally:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, rehearsal_data, tmp_path):
+    """The run finishes close to the chunk's limit: Slurm's pre-limit USR2 lands while the chunk tears Ray
+    down. It is ignored; the teardown completes (no Ray left behind) and the job ends COMPLETED."""
+    from justrl_hpc.core import slurm
+
+    run_dir = tmp_path / "late"
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=6, time_limit=5),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    wait_for_event(run_dir, "finished", timeout=240)
+    job = str(events(run_dir, "submitted")[0]["job_id"])
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what the limit's --signal delivers
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    deadline = time.monotonic() + 60
+    while (st := slurm.job_state(job)) is not None and st.active and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert st is not None and st.state == "COMPLETED", st
+    log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.*"))
+    assert "SIGUSR2 is ignored from now on" in log and "UncompletedJobError" not in log
+    left = subprocess.run(["pgrep", "-f", f"justrl-ray-{job}-"], capture_output=True, text=True).stdout.split()
+    assert left == [], f"Ray processes left behind: {left}"
+
+
+@pytest.mark.timeout(400)
+def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data, tmp_path):
+    run_dir = tmp_path / "savenow"
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=16, time_limit=5),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    wait_for_event(run_dir, "step", timeout=240, step=5)
+    out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    stdout, _ = proc.communicate(timeout=360)
+    assert proc.returncode == 0, stdout[-3000:]
+    stop = events(run_dir, "stop-requested")[0]
+    exited = events(run_dir, "trainer-exited")[0]
+    assert stop["reason"] == "save-now" and exited["reason"] == "stopped"
+    assert exited["last_saved"] == exited["step"] > stop["step"]  # saved at the next step, nothing to redo
+    assert events(run_dir, "trainer-started")[1]["step"] == exited["last_saved"]
+    assert_each_step_once(run_dir, 16)
+
+
+@pytest.mark.timeout(200)
+def test_a_chunk_without_room_for_the_next_checkpoint_stops_and_says_so(devcluster, rehearsal_data, tmp_path):
+    """The disk fills between launch and a chunk: the chunk checks again before training, and stops."""
+    import yaml
+
+    run_dir = tmp_path / "nodisk"
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", steps=4, time_limit=3), timeout=120)
+    assert out.returncode == 0, out.stderr
+    conf = yaml.safe_load((run_dir / "run.yaml").read_text())
+    conf["cluster"]["min_free_disk_gb"] = 1e6  # as if the filesystem had filled up since
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(conf))
+    out = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"], timeout=180)
+    assert out.returncode == 1, out.stdout[-2000:]
+    failed = events(run_dir, "failed")
+    assert len(failed) == 1 and "GB free" in failed[0]["reason"] and "min_free_disk_gb" in failed[0]["reason"]
+    assert not events(run_dir, "trainer-started")

@@ -1,0 +1,120 @@
+"""The monitor beside real runs on the dev cluster: `justrl-hpc rehearse` starts the daemon on its run and the
+daemon ends with it; `justrl-hpc monitor-job` keeps the daemon alive as a chain of 1-CPU singleton Slurm jobs
+across their own time limits while a rehearsal trains, resuming from monitor.db with no alert repeated or
+missed, and the chain ends when the run does (that rehearsal also logs to W&B offline: one run across its
+≥ 3 chunks).
+
+Both take minutes, so they run with the fault suite (`long`; scripts/faults.sh), not in the test command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import psutil
+import pytest
+from helpers import REPO, assert_one_wandb_run, events, launch_args
+
+from justrl_hpc.core import slurm
+from justrl_hpc.core.recipe import tracker_run_id
+from justrl_hpc.launcher.monitor_job import chain_name
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.long]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SLURM_JOB_ID")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.mark.timeout(600)
+def test_rehearse_watches_its_run_with_the_daemon_and_stops_it_at_the_end(devcluster, rehearsal_data, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "rehearse", "--name", "watched", "--data",
+                          str(rehearsal_data), "--set", "recipe.total_training_steps=3"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=580, env=_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "watched"
+    said = out.stdout + out.stderr
+    assert "monitor: daemon pid" in said and "monitor: stopped with the run (exit 0)" in said, said[-3000:]
+    pid = int(said.split("monitor: daemon pid ", 1)[1].split()[0])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # It watched while the run trained: its heartbeat reached the last step, and it judged every step.
+    beat = json.loads((run_dir / "monitor.heartbeat").read_text())
+    assert beat["step"] == 3 and beat["run"] == "watched" and beat["ended"] == "finished"
+    frame = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "--once", str(run_dir)],
+                           capture_output=True, text=True, timeout=120, env=dict(_env(), COLUMNS="120", LINES="30"))
+    assert "monitor done: stopped with the run (finished)" in frame.stdout and "blind" not in frame.stdout, frame.stdout
+    log = (run_dir / "logs" / "monitor.log").read_text()
+    assert "leading as" in log and "finished: the monitor's work on it is done" in log
+    assert "ledger trainer-started" in log  # it was up before the trainer started, not started afterwards
+    # A healthy rehearsal raises nothing about its training (a small disk can still be said, truly).
+    alerts = [json.loads(line) for line in (run_dir / "alerts.jsonl").read_text().splitlines()] if (
+        run_dir / "alerts.jsonl").exists() else []
+    assert not [a for a in alerts if a["rule"][:1] == "T"], alerts
+    assert events(run_dir, "finished")
+
+
+@pytest.mark.timeout(1200)
+def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_run(devcluster, rehearsal_data,
+                                                                                    tmp_path):
+    run_dir = tmp_path / "chained"
+    # With W&B too: 48 steps are at least 3 chunks (a 2-minute chunk trains at most ~22 of them).
+    made = subprocess.run(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "recipe.trackers=[wandb]",
+                                      steps=48, time_limit=2), capture_output=True, text=True, timeout=120,
+                          env=_env())
+    assert made.returncode == 0, made.stderr
+    # Rules tuned so that this healthy run's step times raise and resolve alerts over its whole length.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("training:\n  min_samples: 3\n  step_time_window: 6\n  step_time_ratio: 1.05\n"
+                     "  step_time_steps: 1\ndaemon:\n  cooldown_s: 0\n")
+    name = chain_name(run_dir)
+    bad = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "monitor-job", str(run_dir), "--time-limit", "0"],
+                         capture_output=True, text=True, timeout=60, env=_env())
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --time-limit"), bad.stderr
+    assert not slurm.job_ids_named(name) and not (run_dir / "logs" / "monitor-job.log").exists()
+    sub = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "monitor-job", str(run_dir), "--time-limit", "1",
+                          "--interval", "2", "--config", str(rules)], capture_output=True, text=True, timeout=60,
+                         env=_env())
+    assert sub.returncode == 0 and "submitted monitor job" in sub.stdout, sub.stdout + sub.stderr
+    again = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "monitor-job", str(run_dir)],
+                           capture_output=True, text=True, timeout=60, env=_env())
+    assert again.returncode == 2 and "already queued or running" in again.stderr, again.stderr
+    try:
+        # The rehearsal itself, long enough for the monitor's links to hit their 1-minute limits.
+        train = subprocess.run([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
+                               capture_output=True, text=True, timeout=900, env=_env())
+        assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-2000:]
+        deadline = time.monotonic() + 240
+        while slurm.job_ids_named(name) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert not slurm.job_ids_named(name), "the chain outlived the run"
+    finally:
+        subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30, check=False)
+    # (The dev cluster keeps no accounting: the links' own log says what happened to each.) At least two links
+    # were ended by their time limit while the run trained, each resumed by the next; the last saw the run end.
+    log = (run_dir / "logs" / "monitor-job.log").read_text()
+    assert log.count("DUE TO TIME LIMIT") >= 2 and log.count("SIGTERM received") >= 2, log[-3000:]
+    assert log.count("next link") >= 2 and "has finished: the chain ends here" in log, log[-3000:]
+    assert log.count("leading as") >= 3 and "Traceback" not in log, log[-3000:]
+    # Across the restarts no transition was written twice, and none was lost: a scan of a copy of the run
+    # (fresh state, the same rules) raises the same training alerts at the same steps.
+    lines = [json.loads(x) for x in (run_dir / "alerts.jsonl").read_text().splitlines() if x.strip()]
+    written = [(a["alert_id"], a["state"]) for a in lines]
+    assert len(written) == len(set(written)), Counter(written).most_common(3)
+    chain = sorted((a["key"], a["step"]) for a in lines if a["state"] == "firing" and a["rule"].startswith(("T", "S3")))
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("monitor.*", "alerts.jsonl", "checkpoints"))
+    scan = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "scan", str(copy), "--config", str(rules)],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert scan.returncode == 0, scan.stderr[-2000:]
+    fresh = sorted((a["key"], a["step"]) for a in map(json.loads, scan.stdout.splitlines())
+                   if a["state"] == "firing" and a["rule"].startswith(("T", "S3")))
+    assert chain and chain == fresh, (chain, fresh)
+    assert_one_wandb_run(run_dir, tracker_run_id("chained", run_dir), 48, min_chunks=3)

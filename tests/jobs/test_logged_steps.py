@@ -1,0 +1,81 @@
+"""Steps in TensorBoard count as logged where a trainer ends (jobs/train/logged_steps.py).
+
+The event files are written by torch's SummaryWriter, the writer verl's TensorBoard logger uses; the ledger
+and the checkpoint folder are the real ones (core/ledger.py, core/checkpoints.py, torch.save's zip files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from justrl_hpc.core import checkpoints
+from justrl_hpc.core.ledger import Ledger
+from justrl_hpc.jobs.train.logged_steps import record_unseen, tensorboard_steps
+
+
+def write_steps(folder: Path, steps: range) -> None:
+    writer = SummaryWriter(str(folder))
+    for step in steps:
+        writer.add_scalar("critic/score/mean", 0.5, step)
+        writer.add_scalar("actor/entropy", 1.2, step)
+    writer.close()
+
+
+def save_checkpoint(ckpt_dir: Path, step: int) -> None:
+    actor = ckpt_dir / f"global_step_{step}" / "actor"
+    actor.mkdir(parents=True)
+    for kind in checkpoints.KINDS:
+        torch.save({"w": torch.zeros(4)}, actor / f"{kind}_world_size_1_rank_0.pt")
+    torch.save({"step": step}, actor.parent / "data.pt")
+    checkpoints.write_tracker(ckpt_dir, step)
+
+
+def test_reads_verls_own_event_files_only_those_since_and_survives_a_cut_record(tmp_path):
+    tb = tmp_path / "tensorboard"
+    write_steps(tb, range(1, 4))
+    old = next(tb.glob("events.out.tfevents.*"))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    since = time.time() - 60
+    write_steps(tb, range(4, 9))
+    write_steps(tb / "monitor", range(90, 100))  # the monitor's own file below: not verl's steps
+    assert tensorboard_steps(tb, since) == set(range(4, 9))
+    assert tensorboard_steps(tb) == set(range(1, 9))
+    newest = max(tb.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    data = newest.read_bytes()
+    newest.write_bytes(data[:-7])  # a kill in the middle of the last record
+    assert set(range(4, 8)) <= tensorboard_steps(tb, since) <= set(range(4, 9))
+    assert tensorboard_steps(tmp_path / "absent") == set()
+
+
+def test_a_step_in_tensorboard_but_not_in_the_console_is_resumed_from_not_retrained(tmp_path):
+    """The save-now chunk that CI saw: verl saved step 8 and logged it to TensorBoard, the trainer was stopped
+    before Ray forwarded step 8's console line. From the console alone the next chunk sets checkpoint 8 aside
+    and trains step 8 twice; with TensorBoard's steps recorded, it resumes from 8."""
+    run = tmp_path / "run"
+    ledger = Ledger(run / "ledger.jsonl")
+    started = time.time()
+    ledger.append("trainer-started", job_id="7", chunk=0, step=0)
+    for step in range(1, 8):  # the console lines that arrived
+        ledger.append("step", job_id="7", chunk=0, step=step)
+    write_steps(run / "tensorboard", range(1, 9))
+    ckpt = run / "checkpoints"
+    for step in (6, 8):
+        save_checkpoint(ckpt, step)
+
+    console_only = tmp_path / "console-only"
+    shutil.copytree(run, console_only)
+    decision = checkpoints.prepare_resume(console_only / "checkpoints", 1, Ledger(console_only / "ledger.jsonl"))
+    assert decision.step == 6 and decision.skipped == [8]  # the hole this fixes: step 8 would be trained twice
+
+    assert record_unseen(ledger, run / "tensorboard", started, 7, "7", 0) == [8]
+    assert record_unseen(ledger, run / "tensorboard", started, 8, "7", 0) == []  # once only
+    recorded = [e for e in ledger.read() if e["event"] == "step" and e.get("source") == "tensorboard"]
+    assert [e["step"] for e in recorded] == [8]
+    decision = checkpoints.prepare_resume(ckpt, 1, ledger)
+    assert decision.step == 8 and decision.skipped == []

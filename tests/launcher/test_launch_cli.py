@@ -1,0 +1,136 @@
+"""`python -m justrl_hpc.launch`: the plan, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from justrl_hpc.core.recipe import HYPERPARAMETERS, fmt
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "justrl_hpc.launch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_dry_run_json_carries_every_published_value(tmp_path):
+    out = launch("--nodes", "4", "--dry-run", "--json", cwd=tmp_path)
+    plan = json.loads(out.stdout)
+    assert out.returncode == 1  # printed, but no data has been prepared in this empty folder
+    assert not plan["ready"] and any(not c["ok"] and "train_files" in c["name"] for c in plan["checks"])
+    for key, spec in HYPERPARAMETERS.items():
+        assert f"{key}={fmt(spec.published)}" in plan["verl_overrides"], key
+    assert "trainer.total_training_steps=4380" in plan["verl_overrides"]
+    assert plan["resources"]["nodes"] == 4 and plan["resources"]["gpus_per_node"] == 8
+    assert plan["plan"]["chunks"] >= 15 and 10_000 < plan["plan"]["gpu_hours"] < 14_000
+    assert plan["run_dir"] == str(tmp_path / "runs" / "justrl-deepseek-1.5b")
+    assert "#SBATCH --signal=USR2@900" in plan["sbatch"] and "#SBATCH --requeue" in plan["sbatch"]
+    assert "#SBATCH --gpus-per-node=8" in plan["sbatch"] and "#SBATCH --open-mode=append" in plan["sbatch"]
+    assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
+
+
+def test_nemotron_has_3440_steps(tmp_path):
+    plan = json.loads(launch("--recipe", "justrl-nemotron-1.5b", "--dry-run", "--json", cwd=tmp_path).stdout)
+    assert "trainer.total_training_steps=3440" in plan["verl_overrides"]
+
+
+def test_dry_run_text_is_for_people(tmp_path):
+    out = launch("--nodes", "4", "--dry-run", cwd=tmp_path)
+    assert "4380 in ~" in out.stdout and "GPU-hours" in out.stdout
+    assert "python -m verl.trainer.main_ppo" in out.stdout
+    assert "FAIL" in out.stdout and "prepare-data" in out.stdout
+
+
+def test_dry_run_warns_when_a_preemption_cannot_save(tmp_path):
+    """a800-4x8's 300 s grace against ~296 s steps and ~63 s saves: one warning naming the cost and the
+    setting; a grace that covers a step and a save gives none."""
+    out = launch("--nodes", "4", "--dry-run", cwd=tmp_path)
+    warned = [line for line in out.stdout.splitlines() if "preemption grace 300 s" in line]
+    assert len(warned) == 1 and "save_freq = 50 steps" in warned[0] and "cluster.preempt_grace_s" in warned[0]
+    ok = launch("--nodes", "4", "--dry-run", "--set", "cluster.preempt_grace_s=400", cwd=tmp_path)
+    assert "preemption grace" not in ok.stdout
+
+
+BAD = [
+    (["--nodes", "3"], "--nodes", "use --nodes 4"),
+    (["--nodes", "0"], "--nodes", "positive"),
+    (["--recipe", "justrl-llama"], "--recipe", "available: "),
+    (["--cluster", "nowhere"], "--cluster", "available: "),
+    (["--recipe", "missing/file.yaml"], "--recipe", "no such file"),
+    (["--set", "recipe.total_training_steps"], "--set", "expected section.key=value"),
+    (["--set", "total_training_steps=3"], "--set", "must start with recipe., cluster. or run."),
+    (["--set", "recipe.total_training_steps=abc"], "recipe.total_training_steps", "must be an integer"),
+    (["--set", "recipe.total_training_steps=0"], "recipe.total_training_steps", "must be ≥ 1"),
+    (["--set", "recipe.total_steps=100"], "recipe.total_steps", "unknown setting; known: "),
+    (["--set", "cluster.gpus_per_node=4"], "cluster.gpus_per_node", "FSDP shards"),
+    (["--set", "cluster.time_limit_min=-5"], "cluster.time_limit_min", "must be ≥ 1"),
+    (["--set", "run.keep_last=0"], "run.keep_last", "must be ≥ 1"),
+    (
+        ["--set", "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high=abc"],
+        "recipe.hyperparameters.actor_rollout_ref.actor.clip_ratio_high",
+        "must be a number",
+    ),
+    (
+        ["--set", "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip=1.0"],
+        "recipe.hyperparameters.actor_rollout_ref.actor.grad_clip",
+        "not a hyperparameter",
+    ),
+    (
+        ["--set", "recipe.hyperparameters.trainer.save_freq=10"],
+        "recipe.hyperparameters.trainer.save_freq",
+        "set by the suite",
+    ),
+    (["--set", "recipe.trainer=megatron"], "recipe.trainer", "one of verl"),
+    (["--cluster", "dev"], "--cluster", "has no GPUs"),
+    (["--name", "my run!"], "run.name", "letters, digits"),
+    (["--time-limit", "5"], "run.time_limit_min", "no time for one"),
+    (["--json"], "--json", "goes with --dry-run"),
+]
+
+
+@pytest.mark.parametrize("args,field,fix", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_is_one_clear_line(tmp_path, args, field, fix):
+    out = launch(*args, "--dry-run", cwd=tmp_path) if args != ["--json"] else launch(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: {field}:"), lines[0]
+    assert fix in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_yaml_file_names_its_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\nhyperparameters: [unclosed\n")
+    out = launch("--recipe", str(bad), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert (
+        out.stderr.startswith("error: --recipe:") and "line" in out.stderr and "not valid YAML" in out.stderr
+    )
+
+
+def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
+    code = (
+        "import sys, runpy; sys.argv=['launch','--help'];\n"
+        "try: runpy.run_module('justrl_hpc.launch', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "heavy=[m for m in ('torch','verl','ray','submitit','transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
