@@ -15,8 +15,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def launch_args(data: Path, run_dir: Path, *extra: str, steps: int = 24, time_limit: int = 2) -> list[str]:
-    """A rehearsal launch on the dev cluster (2-minute chunks unless said otherwise)."""
+def launch_args(data: Path, run_dir: Path, *extra: str, steps: int = 24, time_limit: int = 5) -> list[str]:
+    """A rehearsal launch on the dev cluster. 5-minute chunks unless said otherwise: a test that is not about
+    the limit should not cross one (on a slow machine a 2-minute chunk may end before its first step)."""
     files = [f"recipe.model_path={data / 'model'}", f"recipe.train_files=[{data / 'train.parquet'}]",
              f"recipe.val_files=[{data / 'val.parquet'}]", f"recipe.total_training_steps={steps}"]
     sets = [arg for item in files for arg in ("--set", item)]

@@ -176,8 +176,11 @@ def prepare_resume(
             )
     tracked = read_tracker(ckpt_dir)
     if newest is None:
+        # Only saves of logged steps count as lost: one newer than the log was set aside just now or by an
+        # earlier chunk (it is still on disk), and with nothing older to go back to the run starts over.
         saved_before = [
-            e.get("step") for e in (ledger.read() if ledger is not None else []) if e.get("event") == "saved"
+            e.get("step") for e in (ledger.read() if ledger is not None else [])
+            if e.get("event") == "saved" and isinstance(e.get("step"), int) and (logged is None or e["step"] <= logged)
         ]
         if saved_before:
             return ResumeDecision(

@@ -28,27 +28,55 @@ from helpers import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
+def _signal_each_chunk_after(run_dir, proc, steps: int, timeout: float) -> str:
+    """Send each chunk the pre-limit USR2 (what Slurm's --signal delivers at the limit) once it has trained
+    `steps` steps; returns the launcher's output. With a wall-clock limit the number of chunks hung on the
+    machine's speed: CI's slow machine got 2-minute chunks with no step in them at all."""
+    signalled: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        led = ledger(run_dir) if (run_dir / "ledger.jsonl").exists() else []
+        starts = [i for i, e in enumerate(led) if e["event"] == "trainer-started"]
+        if starts:
+            since = led[starts[-1]:]
+            chunk = since[0]["chunk"]
+            trained = sum(1 for e in since if e["event"] == "step")
+            stopping = any(e["event"] in ("stop-requested", "trainer-exited", "finished") for e in since)
+            if chunk not in signalled and trained >= steps and not stopping:
+                job = str(events(run_dir, "submitted")[0]["job_id"])
+                subprocess.run(["scancel", "--signal=USR2", job], check=True)
+                signalled.add(chunk)
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    return out
+
+
 @pytest.mark.timeout(900)
 def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, tmp_path):
+    """Three chunks, each ended by the pre-limit signal after 4 steps (Slurm's own timer sending it is
+    test_sbatch.py's test_train_sbatch_hits_its_limit_saves_requeues_and_resumes)."""
     run_dir = tmp_path / "chunks"
-    # 2-minute chunks (Slurm counts minutes; its 30 s timer makes the signal land 45–75 s before the end).
-    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", steps=20, time_limit=2), timeout=880)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=12, time_limit=5),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    stdout = _signal_each_chunk_after(run_dir, proc, 4, timeout=860)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "")
+    assert out.returncode == 0, out.stdout[-3000:]
     led = ledger(run_dir)
     requeued = [e for e in led if e["event"] == "requeued"]
-    assert len(requeued) >= 1, [e["event"] for e in led]
-    assert events(run_dir, "finished")[0]["step"] == 20
+    assert len(requeued) >= 2, [e["event"] for e in led]
+    assert events(run_dir, "finished")[0]["step"] == 12
     # At every planned chunk end the last trained step was saved: nothing to redo.
     for e in events(run_dir, "trainer-exited"):
         if e["reason"] == "stopped":
             assert e["step"] == e["last_saved"], e
     step_events = [e["step"] for e in events(run_dir, "step")]
-    assert sorted(step_events) == list(range(1, 21)), step_events
-    assert_each_step_once(run_dir, 20)
+    assert sorted(step_events) == list(range(1, 13)), step_events
+    assert_each_step_once(run_dir, 12)
     # `justrl-hpc report` of the same run: finished, and no chunk threw a step away at its planned end.
     report = [sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"]
     rep = json.loads(run_launch(report, timeout=60).stdout)
-    assert rep["finished"] and rep["last_step"] == 20, rep
+    assert rep["finished"] and rep["last_step"] == 12, rep
     assert [c["steps_lost"] for c in rep["chunks"]] == [0] * len(rep["chunks"]), rep["chunks"]
     # The monitor on the same folder. The toy task's curves may trip a drift warning (its responses are a
     # few tokens long), but nothing in a run that finished cleanly is critical, non-finite or a stall, and
@@ -57,12 +85,12 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     assert scan.returncode == 0, scan.stderr[-2000:]
     raised = [json.loads(line) for line in scan.stdout.splitlines() if line.strip()]
     assert all(a["severity"] != "critical" and a["rule"][:2] not in ("T1", "S1") for a in raised), raised
-    assert all(a["step"] is None or 1 <= a["step"] <= 20 for a in raised), raised
+    assert all(a["step"] is None or 1 <= a["step"] <= 12 for a in raised), raised
     frame = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "--once", str(run_dir)],
                            capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80", LINES="24"))
     assert frame.returncode == 0, frame.stderr[-2000:]
-    assert "20/20" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
+    assert "12/12" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
     # Every incarnation of the job resumed where the previous one saved.
     starts = events(run_dir, "trainer-started")
     saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]
@@ -82,7 +110,7 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     log = (run_dir / "logs" / "trainer.log").read_text(errors="replace")
     assert "(TaskRunner pid=" in log and "[Rank 1] Saved model" in log
     assert all(e["nodes_seen"] == 2 and e["gpus_seen"] == 2 for e in events(run_dir, "ray-ready"))
-    actor = run_dir / "checkpoints" / "global_step_20" / "actor"
+    actor = run_dir / "checkpoints" / "global_step_12" / "actor"
     assert {"model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"} <= {p.name for p in actor.iterdir()}
     assert tb_steps(run_dir, "global_seqlen/mean") == tb_steps(run_dir)  # verl's own metric set, every step
 
@@ -222,7 +250,7 @@ def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, reh
 @pytest.mark.timeout(400)
 def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data, tmp_path):
     run_dir = tmp_path / "savenow"
-    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=16, time_limit=5),
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=10, time_limit=5),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     wait_for_event(run_dir, "step", timeout=240, step=5)
@@ -236,7 +264,7 @@ def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data
     assert stop["reason"] == "save-now" and exited["reason"] == "stopped"
     assert exited["last_saved"] == exited["step"] > stop["step"]  # saved at the next step, nothing to redo
     assert events(run_dir, "trainer-started")[1]["step"] == exited["last_saved"]
-    assert_each_step_once(run_dir, 16)
+    assert_each_step_once(run_dir, 10)
 
 
 @pytest.mark.timeout(200)

@@ -61,3 +61,23 @@ def test_a_step_twice_or_missing_in_tensorboard_fails(tmp_path):
     first.unlink()  # chunk 1's steps gone from TensorBoard
     result = verdict.judge(run2, root2, 120, [], 15)
     assert result["steps_lost_unexpected"] == 7 and not result["passed"], result
+
+
+def test_a_host_ram_trend_is_reported_and_a_host_ram_level_fails(tmp_path):
+    """The four simulated nodes share one host: its RAM trend is listed (alerts_shared_host), never failed on;
+    RAM used past its fraction still fails."""
+    run, root = copy_run(tmp_path)
+    trend = {"run": "r", "rule": "G12-memory", "severity": "warn", "key": "G12-memory:n1:ram-trend",
+             "message": "n1: host RAM rising 18.5 GiB/h; out of memory in ~40 min", "state": "firing", "step": None}
+    level = dict(trend, key="G12-memory:n1:ram", message="n1: host RAM 93% used (22 of 24 GiB)")
+    posts = root / "webhook.jsonl"
+    posts.write_text(json.dumps({"time": 0, "text": verdict._one_line(trend)}) + "\n")
+    (run / "alerts.jsonl").write_text(json.dumps(trend) + "\n")
+    result = verdict.judge(run, root, 120, [], 15)
+    assert result["passed"] and result["alerts_shared_host"] == 1 and result["alerts_unexpected"] == 0, result
+    assert any("18.5 GiB/h" in n for n in result["notes"])
+    with open(posts, "a") as fh:
+        fh.write(json.dumps({"time": 0, "text": verdict._one_line(level)}) + "\n")
+    (run / "alerts.jsonl").write_text(json.dumps(trend) + "\n" + json.dumps(level) + "\n")
+    result = verdict.judge(run, root, 120, [], 15)
+    assert not result["passed"] and result["alerts_unexpected"] == 1, result

@@ -9,8 +9,10 @@ soak's own records beside it (the schedule, the faults fired, what the webhook r
 - resumes: each trainer started from step 0 (the first) or from a step with a `saved` (verified) event.
 - alerts: every chunk that retrained steps has its S7-steps-retrained alert; every alert is one the faults
   explain, except the training-curve rules (T2–T8), which judge the toy task's curves, not the faults: those are
-  counted in `alerts_training` and listed, not failed on (a NaN, T1, is always unexpected); every firing line of alerts.jsonl reached the webhook, once (a post in flight when the daemon was
-  killed may come twice: the webhook is at-least-once).
+  counted in `alerts_training` and listed, not failed on (a NaN, T1, is always unexpected); so are G12's
+  host-RAM trends (`alerts_shared_host`: the four simulated nodes share one host); every firing line of
+  alerts.jsonl reached the webhook, once (a post in flight when the daemon was killed may come twice: the
+  webhook is at-least-once).
 """
 
 from __future__ import annotations
@@ -137,10 +139,17 @@ def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_
     missing_alerts = sorted(retraining_chunks - have)
     if missing_alerts:
         notes.append(f"no S7-steps-retrained alert for the retraining chunks {missing_alerts}")
-    unexpected, training = [], []
+    unexpected, training, shared_host = [], [], []
     for a in firing:
         if a["rule"].startswith("T") and a["rule"] != "T1-nonfinite":
             training.append(f"{a['rule']} step {a.get('step')}: {a['message']}")
+            continue
+        if a["rule"] == "G12-memory" and a["key"].endswith(":ram-trend"):
+            # The dev cluster's four nodes are one host: each agent reads the RAM all of them use, which rises
+            # and falls with every chunk's Ray and verl start-up (a chunk here lasts ~2 minutes, not hours), so
+            # the trend rule's line through a saw-tooth is no leak of any one node. Reported, not failed on;
+            # the level rule (RAM used above its fraction) still fails.
+            shared_host.append(f"{a['key']}: {a['message']}")
             continue
         causes = EXPLAINED.get(a["rule"])
         if causes is None or not any(kinds.get(k) for k in causes):
@@ -161,6 +170,8 @@ def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_
         notes.append(f"alerts no fault explains: {unexpected[:5]}")
     for line in training:
         notes.append(f"training-curve alert on the toy task (reported, not a fault's): {line}")
+    for line in shared_host:
+        notes.append(f"host RAM trend over the dev cluster's one shared host (reported, not a leak): {line}")
     steps_lost_unexpected = lost_unexpected + len(missing) + abs(report_lost - retrained) + len(unverified)
     result = {
         "finished": finished,
@@ -175,6 +186,7 @@ def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_
         "alerts_unexpected": len(unexpected) + len(extra),
         "alerts": dict(Counter(a["rule"] for a in firing)),
         "alerts_training": len(training),
+        "alerts_shared_host": len(shared_host),
         "goodput": report.get("goodput"),
         "recovery_s": _recovery(led, fired),
     }

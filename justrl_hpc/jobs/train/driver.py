@@ -67,6 +67,7 @@ class Driver:
         self.saved_steps: list[int] = []
         self.logged_step: int | None = None  # the newest training step the trainer logged, this chunk
         self.trainer_started_at: float | None = None
+        self._steps_via_tensorboard: set[int] = set()
         self.stop_reason: str | None = None
         self.stop_requested_at_step: int | None = None
         self.ended = False
@@ -288,6 +289,8 @@ class Driver:
         """Ledger events for steps logged and checkpoints written since the last look."""
         assert self.trainer is not None
         for step in self.trainer.new_steps():
+            if step in self._steps_via_tensorboard:
+                continue  # recorded already from the event file; this is its console line arriving late
             self.event("step", step=step)
             self.logged_step = step if self.logged_step is None else max(self.logged_step, step)
         tracked = self.trainer.tracker_step()
@@ -300,6 +303,10 @@ class Driver:
                 self.saved_steps.append(tracked)
                 self.event("saved", step=tracked, bytes=verdict.bytes)
                 self._retention()
+
+    def _saved_after_stop(self) -> bool:
+        asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
+        return any(s > asked for s in self.saved_steps)
 
     def _saved_since_stop(self) -> bool:
         """Some verified save after the step in flight when the stop came, whose step is logged.
@@ -322,7 +329,9 @@ class Driver:
             self.resolved.recipe.world_size,
             run.keep_last,
             run.keep_every,
-            protect=set(),
+            # The newest save of a logged step is what the next chunk resumes from when newer saves turn out
+            # never logged (prepare_resume sets those aside): keep_last must not delete it for them.
+            protect={s for s in [self._last_saved()] if s},
         )
         if deleted:
             log(f"retention deleted checkpoints {deleted}")
@@ -343,6 +352,12 @@ class Driver:
             self._follow()
             if self._saved_since_stop():
                 return True
+            if self._saved_after_stop():
+                # verl logs a step right after saving it, to TensorBoard at once and to the console through
+                # Ray's log monitor a second or more later: with the budget short, the event file says sooner.
+                self._steps_from_tensorboard(self.trainer_started_at)
+                if self._saved_since_stop():
+                    return True
             if self.trainer is None or self.trainer.poll() is not None:
                 self._follow()
                 return self._saved_since_stop()
@@ -467,6 +482,7 @@ class Driver:
             log(f"run {self.resolved.run.name} job {job_id} chunk {chunk}: step {step} source=tensorboard "
                 "(its console line never reached the trainer log)")
             if job_id == self.info.job_id and chunk == self.chunk:
+                self._steps_via_tensorboard.add(step)
                 self.logged_step = step
                 if self.trainer is not None:
                     self.trainer.last_step = step

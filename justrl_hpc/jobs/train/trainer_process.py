@@ -111,7 +111,7 @@ class TrainerProcess:
         self._partial = lines.pop()  # a line still being written
         steps = [int(m.group(1)) for line in lines if (m := STEP_LINE.search(line))]
         if steps:
-            self.last_step = steps[-1]
+            self.last_step = max(steps[-1], self.last_step or 0)  # a step read from TensorBoard may lead
             self.steps_seen += steps
         return steps
 
