@@ -23,7 +23,7 @@ def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal
     run_dir = tmp_path / "chain"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        launch_args(rehearsal_data, run_dir, "--wait", "--set", "cluster.requeue_allowed=false",
+        launch_args(rehearsal_data, run_dir, "--wait", "--set", "cluster.requeue_allowed=false", "--exclude", "n4",
                     steps=12, time_limit=5),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -33,6 +33,9 @@ def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal
     assert chained["after"] == first_job and chained["job_id"] != first_job
     st = slurm.job_state(chained["job_id"])
     assert st is not None and st.state == "PENDING" and st.reason == "Dependency", st
+    shown = subprocess.run(["scontrol", "show", "job", "-o", chained["job_id"]], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert "ExcNodeList=n4 " in shown and chained["exclude"] == "n4", shown  # the launch's --exclude holds on
     out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
                          text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr

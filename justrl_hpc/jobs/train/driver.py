@@ -100,6 +100,11 @@ class Driver:
         executor = make_executor(
             self.resolved, self.info.run_dir, self.info.nodes, dependency=f"afterany:{self.info.job_id}"
         )
+        # Nodes left out at submission (`launch --exclude`) stay out of every chained job, as they stay out of
+        # every requeue of one job; Slurm does not tell a job its own exclude list, the ledger does.
+        exclude = next((e.get("exclude") for e in reversed(self.ledger.read()) if e.get("event") == "submitted"), None)
+        if exclude:
+            executor.update_parameters(exclude=exclude)
         try:
             job = executor.submit(RecordedEntry(entry_points(self.info.run_dir).submitit, self.info.run_dir))
         except Exception as exc:  # sbatch's refusal arrives as a generic error from submitit
@@ -108,7 +113,8 @@ class Driver:
             return
         self.successor = str(job.job_id)
         # The successor's id as the event's job id: `launch --resume` and `status` see the live pending job.
-        self.ledger.append("chained", job_id=self.successor, chunk=self.chunk, after=self.info.job_id)
+        self.ledger.append("chained", job_id=self.successor, chunk=self.chunk, after=self.info.job_id,
+                           exclude=exclude)
         log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: chained job {self.successor}")
 
     def _end_chain(self) -> None:
