@@ -18,13 +18,17 @@ from justrl_hpc.core import slurm
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(480)
 def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal_data, tmp_path):
+    """Also the resubmission a preflight's refusal asks for, `launch --resume RUN --exclude NODE`: no job of the
+    chain, the first or a chained one, is given the node."""
     run_dir = tmp_path / "chain"
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    made = subprocess.run(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "cluster.requeue_allowed=false",
+                                      steps=8, time_limit=5), capture_output=True, text=True, timeout=120, env=env)
+    assert made.returncode == 0, made.stderr
     proc = subprocess.Popen(
-        launch_args(rehearsal_data, run_dir, "--wait", "--set", "cluster.requeue_allowed=false", "--exclude", "n4",
-                    steps=12, time_limit=5),
+        [sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--exclude", "n1", "--wait"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     wait_for_event(run_dir, "step", timeout=240, step=4)
@@ -35,7 +39,7 @@ def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal
     assert st is not None and st.state == "PENDING" and st.reason == "Dependency", st
     shown = subprocess.run(["scontrol", "show", "job", "-o", chained["job_id"]], capture_output=True, text=True,
                            timeout=30).stdout
-    assert "ExcNodeList=n4 " in shown and chained["exclude"] == "n4", shown  # the launch's --exclude holds on
+    assert "ExcNodeList=n1 " in shown and chained["exclude"] == "n1", shown  # the launch's --exclude holds on
     out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
                          text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
@@ -51,7 +55,12 @@ def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal
     assert requeued["chained_to"] == jobs[1] and requeued["reason"] == "save-now"
     exited = events(run_dir, "trainer-exited")[0]
     assert events(run_dir, "trainer-started")[1]["step"] == exited["last_saved"] == exited["step"]
-    assert_each_step_once(run_dir, 12)
+    assert_each_step_once(run_dir, 8)
+    (sub,) = events(run_dir, "submitted")
+    assert sub["exclude"] == "n1"
+    hosts = [e["hosts"] for e in started]
+    assert all("n1" not in h.split(",") for h in hosts), hosts
+    assert {e["node"] for e in events(run_dir, "preflight")} == {n for h in hosts for n in h.split(",")}
     # The last chunk armed a successor too; finishing cancelled it, so nothing of the run is left queued.
     cancelled = events(run_dir, "chain-cancelled")
     assert len(cancelled) == 1 and cancelled[0]["ok"], [e["event"] for e in ledger(run_dir)]

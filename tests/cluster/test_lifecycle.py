@@ -28,24 +28,31 @@ from helpers import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _signal_each_chunk_after(run_dir, proc, steps: int, timeout: float) -> str:
-    """Send each chunk the pre-limit USR2 (what Slurm's --signal delivers at the limit) once it has trained
-    `steps` steps; returns the launcher's output. With a wall-clock limit the number of chunks hung on the
-    machine's speed: CI's slow machine got 2-minute chunks with no step in them at all."""
-    signalled: set[int] = set()
+def _stop_each_chunk_after(run_dir, proc, steps: int, ways: list[str], timeout: float) -> str:
+    """Stop the n-th chunk in the n-th way once it has trained `steps` steps: "signal" is the pre-limit USR2
+    (what Slurm's --signal delivers at the limit), "save-now" the CLI. Returns the launcher's output. With a
+    wall-clock limit the number of chunks hung on the machine's speed: CI's slow machine got 2-minute chunks
+    with no step in them at all."""
+    stopped: list[int] = []
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         led = ledger(run_dir) if (run_dir / "ledger.jsonl").exists() else []
         starts = [i for i, e in enumerate(led) if e["event"] == "trainer-started"]
-        if starts:
+        if starts and len(stopped) < len(ways):
             since = led[starts[-1]:]
             chunk = since[0]["chunk"]
             trained = sum(1 for e in since if e["event"] == "step")
             stopping = any(e["event"] in ("stop-requested", "trainer-exited", "finished") for e in since)
-            if chunk not in signalled and trained >= steps and not stopping:
-                job = str(events(run_dir, "submitted")[0]["job_id"])
-                subprocess.run(["scancel", "--signal=USR2", job], check=True)
-                signalled.add(chunk)
+            if chunk not in stopped and trained >= steps and not stopping:
+                if ways[len(stopped)] == "signal":
+                    job = str(events(run_dir, "submitted")[0]["job_id"])
+                    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+                else:
+                    said = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)],
+                                          capture_output=True, text=True, timeout=60, env=env)
+                    assert said.returncode == 0, said.stderr
+                stopped.append(chunk)
         time.sleep(0.5)
     out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
     return out
@@ -53,15 +60,21 @@ def _signal_each_chunk_after(run_dir, proc, steps: int, timeout: float) -> str:
 
 @pytest.mark.timeout(900)
 def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, tmp_path):
-    """Three chunks, each ended by the pre-limit signal after 4 steps (Slurm's own timer sending it is
-    test_sbatch.py's test_train_sbatch_hits_its_limit_saves_requeues_and_resumes)."""
+    """Three chunks: the first ended by the pre-limit signal after 4 steps, the second by `save-now` after 4,
+    the third finishes. Each stop saves at the next step and loses nothing. (Slurm's own timer sending the
+    signal: test_sbatch.py's test_train_sbatch_hits_its_limit_saves_requeues_and_resumes, in the fault suite.)"""
     run_dir = tmp_path / "chunks"
     proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=12, time_limit=5),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-    stdout = _signal_each_chunk_after(run_dir, proc, 4, timeout=860)
+    stdout = _stop_each_chunk_after(run_dir, proc, 4, ["signal", "save-now"], timeout=860)
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "")
     assert out.returncode == 0, out.stdout[-3000:]
+    stops, exits = events(run_dir, "stop-requested"), events(run_dir, "trainer-exited")
+    assert [e["reason"] for e in stops] == ["preempted", "save-now"], stops
+    assert [e["reason"] for e in exits] == ["stopped", "stopped", "finished"], exits
+    for stop, exited in zip(stops, exits[:2], strict=True):
+        assert exited["last_saved"] == exited["step"] > stop["step"], (stop, exited)  # the next step, nothing to redo
     led = ledger(run_dir)
     requeued = [e for e in led if e["event"] == "requeued"]
     assert len(requeued) >= 2, [e["event"] for e in led]
@@ -245,26 +258,6 @@ def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, reh
     assert "SIGUSR2 is ignored from now on" in log and "UncompletedJobError" not in log
     left = subprocess.run(["pgrep", "-f", f"justrl-ray-{job}-"], capture_output=True, text=True).stdout.split()
     assert left == [], f"Ray processes left behind: {left}"
-
-
-@pytest.mark.timeout(400)
-def test_save_now_saves_at_the_next_step_and_requeues(devcluster, rehearsal_data, tmp_path):
-    run_dir = tmp_path / "savenow"
-    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=10, time_limit=5),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    wait_for_event(run_dir, "step", timeout=240, step=5)
-    out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
-                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    stdout, _ = proc.communicate(timeout=360)
-    assert proc.returncode == 0, stdout[-3000:]
-    stop = events(run_dir, "stop-requested")[0]
-    exited = events(run_dir, "trainer-exited")[0]
-    assert stop["reason"] == "save-now" and exited["reason"] == "stopped"
-    assert exited["last_saved"] == exited["step"] > stop["step"]  # saved at the next step, nothing to redo
-    assert events(run_dir, "trainer-started")[1]["step"] == exited["last_saved"]
-    assert_each_step_once(run_dir, 10)
 
 
 @pytest.mark.timeout(200)

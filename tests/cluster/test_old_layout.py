@@ -81,6 +81,7 @@ def test_a_run_folder_records_its_entry_points_and_an_old_one_reads_as_the_flat_
 @pytest.mark.slurm
 @pytest.mark.verl
 @pytest.mark.slow
+@pytest.mark.long  # a one-chunk rehearsal (~1.5 minutes): in the fault suite, to keep the test command short
 def test_a_run_made_by_the_old_layout_resumes_under_the_new_launcher(
     devcluster, rehearsal_data: Path, old_checkout: Path, tmp_path: Path
 ) -> None:

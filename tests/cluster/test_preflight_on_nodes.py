@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, events, launch_args, ledger
+from helpers import REPO, events, launch_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -46,20 +46,3 @@ def test_a_module_that_does_not_import_on_the_nodes_ends_the_chunk_before_ray(de
     assert not events(run_dir, "ray-ready") and not events(run_dir, "trainer-started")
     assert took < 180, f"the chunk took {took:.0f} s to end after a failed preflight"  # not Ray's 90 s wait + more
     assert "preflight failed on every node" in out.stdout
-
-
-@pytest.mark.timeout(600)
-def test_exclude_keeps_slurm_off_the_named_node(devcluster, rehearsal_data, tmp_path):
-    run_dir = tmp_path / "excluded"
-    made = subprocess.run(launch_args(rehearsal_data, run_dir, "--create-only", steps=2), capture_output=True,
-                          text=True, timeout=120, env=_env())
-    assert made.returncode == 0, made.stderr
-    out = subprocess.run([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--exclude", "n1",
-                          "--wait"], capture_output=True, text=True, timeout=500, env=_env())
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    (sub,) = events(run_dir, "submitted")
-    assert sub["exclude"] == "n1"
-    hosts = {e["hosts"] for e in events(run_dir, "started")}
-    assert hosts and all("n1" not in h.split(",") for h in hosts), hosts
-    assert sorted(e["node"] for e in events(run_dir, "preflight")) == sorted(hosts.pop().split(","))
-    assert [e["event"] for e in ledger(run_dir)][-1] == "finished"

@@ -168,6 +168,7 @@ def dev_overrides(header: dict[str, str | None], wanted: dict[str, str | None]) 
 
 
 @pytest.mark.slurm
+@pytest.mark.long  # ~4.5 minutes of Slurm's own limit timer: the fault suite's, to keep the test command short
 @pytest.mark.timeout(540, func_only=True)
 def test_train_sbatch_hits_its_limit_saves_requeues_and_resumes(devcluster, rehearsal_data, tmp_path):
     from justrl_hpc.core.ledger import parse_time as _seconds
