@@ -146,3 +146,33 @@ def assert_one_wandb_run(run_dir: Path, run_id: str, target: int, min_chunks: in
     assert {s for _, steps in tracked for s in steps} >= set(range(1, target + 1)), tracked
     for (_, before), (_, after) in zip(tracked, tracked[1:], strict=False):
         assert before == sorted(set(before)) and after[0] >= before[-1] - 2, (before, after)
+
+
+def stop_each_chunk_after(run_dir: Path, proc: subprocess.Popen, steps: int, ways: list[str], timeout: float) -> str:
+    """Stop the n-th chunk in the n-th way once it has trained `steps` steps: "signal" is the pre-limit USR2
+    (what Slurm's --signal delivers at the limit), "save-now" the CLI. Returns the launcher's output. With a
+    wall-clock limit the number of chunks hung on the machine's speed: CI's slow machine got 2-minute chunks
+    with no step in them at all."""
+    stopped: list[int] = []
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        led = ledger(run_dir) if (run_dir / "ledger.jsonl").exists() else []
+        starts = [i for i, e in enumerate(led) if e["event"] == "trainer-started"]
+        if starts and len(stopped) < len(ways):
+            since = led[starts[-1]:]
+            chunk = since[0]["chunk"]
+            trained = sum(1 for e in since if e["event"] == "step")
+            stopping = any(e["event"] in ("stop-requested", "trainer-exited", "finished") for e in since)
+            if chunk not in stopped and trained >= steps and not stopping:
+                if ways[len(stopped)] == "signal":
+                    job = str(events(run_dir, "submitted")[0]["job_id"])
+                    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+                else:
+                    said = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)],
+                                          capture_output=True, text=True, timeout=60, env=env)
+                    assert said.returncode == 0, said.stderr
+                stopped.append(chunk)
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    return out

@@ -21,41 +21,12 @@ from helpers import (
     launch_args,
     ledger,
     run_launch,
+    stop_each_chunk_after,
     tb_steps,
     wait_for_event,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def _stop_each_chunk_after(run_dir, proc, steps: int, ways: list[str], timeout: float) -> str:
-    """Stop the n-th chunk in the n-th way once it has trained `steps` steps: "signal" is the pre-limit USR2
-    (what Slurm's --signal delivers at the limit), "save-now" the CLI. Returns the launcher's output. With a
-    wall-clock limit the number of chunks hung on the machine's speed: CI's slow machine got 2-minute chunks
-    with no step in them at all."""
-    stopped: list[int] = []
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        led = ledger(run_dir) if (run_dir / "ledger.jsonl").exists() else []
-        starts = [i for i, e in enumerate(led) if e["event"] == "trainer-started"]
-        if starts and len(stopped) < len(ways):
-            since = led[starts[-1]:]
-            chunk = since[0]["chunk"]
-            trained = sum(1 for e in since if e["event"] == "step")
-            stopping = any(e["event"] in ("stop-requested", "trainer-exited", "finished") for e in since)
-            if chunk not in stopped and trained >= steps and not stopping:
-                if ways[len(stopped)] == "signal":
-                    job = str(events(run_dir, "submitted")[0]["job_id"])
-                    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-                else:
-                    said = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)],
-                                          capture_output=True, text=True, timeout=60, env=env)
-                    assert said.returncode == 0, said.stderr
-                stopped.append(chunk)
-        time.sleep(0.5)
-    out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
-    return out
 
 
 @pytest.mark.timeout(900)
@@ -67,7 +38,7 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=12, time_limit=5),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-    stdout = _stop_each_chunk_after(run_dir, proc, 4, ["signal", "save-now"], timeout=860)
+    stdout = stop_each_chunk_after(run_dir, proc, 4, ["signal", "save-now"], timeout=860)
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "")
     assert out.returncode == 0, out.stdout[-3000:]
     stops, exits = events(run_dir, "stop-requested"), events(run_dir, "trainer-exited")

@@ -19,7 +19,7 @@ from collections import Counter
 
 import psutil
 import pytest
-from helpers import REPO, assert_one_wandb_run, events, launch_args
+from helpers import REPO, assert_one_wandb_run, events, launch_args, stop_each_chunk_after
 
 from justrl_hpc.core import slurm
 from justrl_hpc.core.recipe import tracker_run_id
@@ -65,9 +65,9 @@ def test_rehearse_watches_its_run_with_the_daemon_and_stops_it_at_the_end(devclu
 def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_run(devcluster, rehearsal_data,
                                                                                     tmp_path):
     run_dir = tmp_path / "chained"
-    # With W&B too: 48 steps are at least 3 chunks (a 2-minute chunk trains at most ~22 of them).
+    # With W&B too: 12 steps in 3 chunks, the first two ended by the pre-limit signal after 4 steps each.
     made = subprocess.run(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "recipe.trackers=[wandb]",
-                                      steps=48, time_limit=2), capture_output=True, text=True, timeout=120,
+                                      steps=12, time_limit=5), capture_output=True, text=True, timeout=120,
                           env=_env())
     assert made.returncode == 0, made.stderr
     # Rules tuned so that this healthy run's step times raise and resolve alerts over its whole length.
@@ -88,9 +88,10 @@ def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_
     assert again.returncode == 2 and "already queued or running" in again.stderr, again.stderr
     try:
         # The rehearsal itself, long enough for the monitor's links to hit their 1-minute limits.
-        train = subprocess.run([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
-                               capture_output=True, text=True, timeout=900, env=_env())
-        assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-2000:]
+        train = subprocess.Popen([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+        said = stop_each_chunk_after(run_dir, train, 4, ["signal", "signal"], timeout=800)
+        assert train.returncode == 0, said[-3000:]
         deadline = time.monotonic() + 240
         while slurm.job_ids_named(name) and time.monotonic() < deadline:
             time.sleep(2)
@@ -117,4 +118,4 @@ def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_
     fresh = sorted((a["key"], a["step"]) for a in map(json.loads, scan.stdout.splitlines())
                    if a["state"] == "firing" and a["rule"].startswith(("T", "S3")))
     assert chain and chain == fresh, (chain, fresh)
-    assert_one_wandb_run(run_dir, tracker_run_id("chained", run_dir), 48, min_chunks=3)
+    assert_one_wandb_run(run_dir, tracker_run_id("chained", run_dir), 12, min_chunks=3)
