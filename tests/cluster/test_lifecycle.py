@@ -32,10 +32,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 @pytest.mark.timeout(900)
 def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, tmp_path):
     """Three chunks: the first ended by the pre-limit signal after 4 steps, the second by `save-now` after 4,
-    the third finishes. Each stop saves at the next step and loses nothing. (Slurm's own timer sending the
+    the third finishes (each stop saves within 3 steps of the step recorded with the request, so 16 always leave the third some). Each stop saves at the next step and loses nothing. (Slurm's own timer sending the
     signal: test_sbatch.py's test_train_sbatch_hits_its_limit_saves_requeues_and_resumes, in the fault suite.)"""
     run_dir = tmp_path / "chunks"
-    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=12, time_limit=5),
+    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=16, time_limit=5),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     stdout = stop_each_chunk_after(run_dir, proc, 4, ["signal", "save-now"], timeout=860)
@@ -49,18 +49,18 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     led = ledger(run_dir)
     requeued = [e for e in led if e["event"] == "requeued"]
     assert len(requeued) >= 2, [e["event"] for e in led]
-    assert events(run_dir, "finished")[0]["step"] == 12
+    assert events(run_dir, "finished")[0]["step"] == 16
     # At every planned chunk end the last trained step was saved: nothing to redo.
     for e in events(run_dir, "trainer-exited"):
         if e["reason"] == "stopped":
             assert e["step"] == e["last_saved"], e
     step_events = [e["step"] for e in events(run_dir, "step")]
-    assert sorted(step_events) == list(range(1, 13)), step_events
-    assert_each_step_once(run_dir, 12)
+    assert sorted(step_events) == list(range(1, 17)), step_events
+    assert_each_step_once(run_dir, 16)
     # `justrl-hpc report` of the same run: finished, and no chunk threw a step away at its planned end.
     report = [sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"]
     rep = json.loads(run_launch(report, timeout=60).stdout)
-    assert rep["finished"] and rep["last_step"] == 12, rep
+    assert rep["finished"] and rep["last_step"] == 16, rep
     assert [c["steps_lost"] for c in rep["chunks"]] == [0] * len(rep["chunks"]), rep["chunks"]
     # The monitor on the same folder. The toy task's curves may trip a drift warning (its responses are a
     # few tokens long), but nothing in a run that finished cleanly is critical, non-finite or a stall, and
@@ -69,19 +69,21 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     assert scan.returncode == 0, scan.stderr[-2000:]
     raised = [json.loads(line) for line in scan.stdout.splitlines() if line.strip()]
     assert all(a["severity"] != "critical" and a["rule"][:2] not in ("T1", "S1") for a in raised), raised
-    assert all(a["step"] is None or 1 <= a["step"] <= 12 for a in raised), raised
+    assert all(a["step"] is None or 1 <= a["step"] <= 16 for a in raised), raised
     frame = subprocess.run([sys.executable, "-m", "justrl_hpc.monitor.cli", "--once", str(run_dir)],
                            capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80", LINES="24"))
     assert frame.returncode == 0, frame.stderr[-2000:]
-    assert "12/12" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
+    assert "16/16" in frame.stdout.replace(" ", "") and "FINISHED" in frame.stdout, frame.stdout
     # Every incarnation of the job resumed where the previous one saved.
     starts = events(run_dir, "trainer-started")
     saves_before = [0] + [e["last_saved"] for e in events(run_dir, "trainer-exited")]
     assert [s["step"] for s in starts] == saves_before[: len(starts)]
     assert "requeued" in out.stdout and "finished" in out.stdout
     # A stop request is answered within 2 steps: the driver stops the trainer once any save after the request is
-    # verified and logged (verl saves every step after it, its newest save always a step ahead of its log).
+    # verified and logged (verl saves every step after it, its newest save always a step ahead of its log). The
+    # request's step is the newest console line, which trails verl by up to a step (Ray forwards it a second or
+    # two late, a toy step takes 1.5 s): hence 3 here, against the request's recorded step.
     led = ledger(run_dir)
     for i, e in enumerate(led):
         if e["event"] == "stop-requested":
@@ -89,12 +91,12 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
             # A stop asked for before the first step (the signal during start-up) has no step: the one before
             # the chunk's first.
             asked = e.get("step") if e.get("step") is not None else (exited.get("first_step") or 1) - 1
-            assert (exited.get("step") or asked) - asked <= 2, (e, exited)
+            assert (exited.get("step") or asked) - asked <= 3, (e, exited)
     # verl's own trainer across two Ray nodes of one GPU each: its two FSDP ranks and their gloo group span nodes.
     log = (run_dir / "logs" / "trainer.log").read_text(errors="replace")
     assert "(TaskRunner pid=" in log and "[Rank 1] Saved model" in log
     assert all(e["nodes_seen"] == 2 and e["gpus_seen"] == 2 for e in events(run_dir, "ray-ready"))
-    actor = run_dir / "checkpoints" / "global_step_12" / "actor"
+    actor = run_dir / "checkpoints" / "global_step_16" / "actor"
     assert {"model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"} <= {p.name for p in actor.iterdir()}
     assert tb_steps(run_dir, "global_seqlen/mean") == tb_steps(run_dir)  # verl's own metric set, every step
 

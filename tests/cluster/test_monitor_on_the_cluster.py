@@ -65,9 +65,10 @@ def test_rehearse_watches_its_run_with_the_daemon_and_stops_it_at_the_end(devclu
 def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_run(devcluster, rehearsal_data,
                                                                                     tmp_path):
     run_dir = tmp_path / "chained"
-    # With W&B too: 12 steps in 3 chunks, the first two ended by the pre-limit signal after 4 steps each.
+    # With W&B too: 16 steps in 3 chunks, the first two ended by the pre-limit signal after 4 steps each (a stop
+    # saves within 3 steps of the step recorded with the request, so the third chunk always has steps left).
     made = subprocess.run(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "recipe.trackers=[wandb]",
-                                      steps=12, time_limit=5), capture_output=True, text=True, timeout=120,
+                                      steps=16, time_limit=5), capture_output=True, text=True, timeout=120,
                           env=_env())
     assert made.returncode == 0, made.stderr
     # Rules tuned so that this healthy run's step times raise and resolve alerts over its whole length.
@@ -118,4 +119,4 @@ def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_
     fresh = sorted((a["key"], a["step"]) for a in map(json.loads, scan.stdout.splitlines())
                    if a["state"] == "firing" and a["rule"].startswith(("T", "S3")))
     assert chain and chain == fresh, (chain, fresh)
-    assert_one_wandb_run(run_dir, tracker_run_id("chained", run_dir), 12, min_chunks=3)
+    assert_one_wandb_run(run_dir, tracker_run_id("chained", run_dir), 16, min_chunks=3)
