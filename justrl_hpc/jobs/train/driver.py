@@ -310,9 +310,10 @@ class Driver:
                 self.event("saved", step=tracked, bytes=verdict.bytes)
                 self._retention()
 
-    def _saved_after_stop(self) -> bool:
+    def _saves_after_stop(self) -> list[int]:
+        """Verified saves of steps after the one in flight when the stop came, logged or not yet."""
         asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
-        return any(s > asked for s in self.saved_steps)
+        return [s for s in self.saved_steps if s > asked]
 
     def _saved_since_stop(self) -> bool:
         """Some verified save after the step in flight when the stop came, whose step is logged.
@@ -320,11 +321,10 @@ class Driver:
         Any such save, not the newest: after a stop request verl saves every step, so a fast trainer's
         newest save is always one step ahead of its log, and waiting for the newest to be logged never ends.
         """
-        if not self.saved_steps or self.trainer is None:
+        if self.trainer is None:
             return False
-        asked = self.stop_requested_at_step if self.stop_requested_at_step is not None else -1
         logged = self.trainer.last_step or 0
-        return any(asked < s <= logged for s in self.saved_steps)
+        return any(s <= logged for s in self._saves_after_stop())
 
     def _retention(self) -> None:
         from justrl_hpc.core import checkpoints
@@ -337,7 +337,7 @@ class Driver:
             run.keep_every,
             # The newest save of a logged step is what the next chunk resumes from when newer saves turn out
             # never logged (prepare_resume sets those aside): keep_last must not delete it for them.
-            protect={s for s in [self._last_saved()] if s},
+            protect={self._last_saved() or 0} - {0},
         )
         if deleted:
             log(f"retention deleted checkpoints {deleted}")
@@ -358,7 +358,7 @@ class Driver:
             self._follow()
             if self._saved_since_stop():
                 return True
-            if self._saved_after_stop():
+            if self._saves_after_stop():
                 # verl logs a step right after saving it, to TensorBoard at once and to the console through
                 # Ray's log monitor a second or more later: with the budget short, the event file says sooner.
                 self._steps_from_tensorboard(self.trainer_started_at)
