@@ -26,8 +26,8 @@ from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.in_worker.deadline_hook import (
     CONTROL_ENV,
     DEADLINE_ENV,
-    FINISH_TRACKERS,
-    TRACKERS_FINISHED,
+    clear_tracker_requests,
+    request_tracker_finish,
 )
 from justrl_hpc.jobs.train.nodes import (
     clean_stale,
@@ -42,11 +42,7 @@ from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
 
 POLL_S = 0.5
 TRACKER_FINISH_S = 10.0  # how long a stop waits for W&B to end its run (wandb.finish takes ~1 s offline)
-
-
-def _gb(n: float) -> str:
-    """GB with enough digits that a small filesystem does not read as "0.0 GB"."""
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.4f} GB"
+FINAL_EXIT_S = 60.0  # how long a stop lets a trainer that reached its target end by itself
 
 
 class Driver:
@@ -150,10 +146,9 @@ class Driver:
             address_from=how,
         )
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        for request in (info.paths.stop, info.paths.save_now, info.control / FINISH_TRACKERS):
+        for request in (info.paths.stop, info.paths.save_now):
             request.unlink(missing_ok=True)
-        for answer in info.control.glob(f"{TRACKERS_FINISHED}.*"):
-            answer.unlink(missing_ok=True)
+        clear_tracker_requests(info.control)
         if not self.resolved.cluster.requeue_allowed:
             self._arm_successor()
         self.mark = cleanup.Mark(cleanup.run_id(info.run_dir), info.job_id, info.restart, node_name())
@@ -246,8 +241,8 @@ class Driver:
         if not ok:
             # A save into a full filesystem tears the checkpoint; better to stop and say so than to train on.
             self.event("failed", step=self.start_step,
-                       reason=f"{ckpt_dir} has {_gb(free)} free; the next checkpoint plus "
-                       f"cluster.min_free_disk_gb needs {_gb(need)}: free space there, then "
+                       reason=f"{ckpt_dir} has {preflight.gb_text(free)} free; the next checkpoint plus "
+                       f"cluster.min_free_disk_gb needs {preflight.gb_text(need)}: free space there, then "
                        "`python -m justrl_hpc.launch --resume RUN`")
             self.ended = True
             return "failed"
@@ -412,18 +407,22 @@ class Driver:
         self._hand_over()
         return True
 
-    def _stop_trainer(self, grace_s: float = 20.0) -> int | None:
+    def _stop_trainer(self, grace_s: float = 20.0, exit_wait_s: float | None = None) -> int | None:
         """Stop the trainer; first, with W&B among the trackers, ask verl's logging actor to end its W&B run
         (in_worker.deadline_hook) and wait a few seconds for its answer, so the offline file keeps its last
-        steps. The stop comes after the save, so a step logged after that is trained again next chunk."""
+        steps. The stop comes after the save, so a step logged after that is trained again next chunk.
+
+        A trainer whose last step is saved and logged is ending by itself: verl ends its W&B run as `fit`
+        returns, and W&B keeps a step's row open until then, so a stop during that finish (CI saw it) loses the
+        run's last step. It gets up to `exit_wait_s` (default: what the limit leaves, at most a minute)."""
         assert self.trainer is not None
-        if "wandb" in self.resolved.recipe.trackers and self.trainer.poll() is None:
-            control = self.info.control
-            atomic_write(control / FINISH_TRACKERS, f"{time.time()}\n")
-            deadline = time.monotonic() + min(TRACKER_FINISH_S, max(grace_s - 5, 1.0))
-            while not list(control.glob(f"{TRACKERS_FINISHED}.*")) and time.monotonic() < deadline:
+        if self._reached_target():
+            wait = min(FINAL_EXIT_S, self._save_budget()) if exit_wait_s is None else exit_wait_s
+            deadline = time.monotonic() + wait
+            while self.trainer.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.5)
-            if not list(control.glob(f"{TRACKERS_FINISHED}.*")):
+        if "wandb" in self.resolved.recipe.trackers and self.trainer.poll() is None:
+            if not request_tracker_finish(self.info.control, min(TRACKER_FINISH_S, max(grace_s - 5, 1.0))):
                 log(f"job {self.info.job_id}: W&B did not say its run ended within {TRACKER_FINISH_S:g} s; stopping anyway")
         return self.trainer.stop(grace_s=grace_s)
 
@@ -437,7 +436,7 @@ class Driver:
         if self.trainer is not None and self.trainer.poll() is None:
             self.request_stop("sigterm")
             saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
-            code = self._stop_trainer(grace_s=5)
+            code = self._stop_trainer(grace_s=5, exit_wait_s=5)
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
         self.ended = True
@@ -523,6 +522,10 @@ class Driver:
         reason = classify_exit(code, reached, self.trainer.log_tail())
         if reason == "crashed-other" and self._checkpoint_disk_full():
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
+        if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
+            # A lost peer often shows first as a socket error in a collective; Ray's health check decides.
+            if ray_cluster.nodes_lost(self.head.address, self.info.nodes):
+                reason = "crashed-node"
         self._exited_event(code, reason)
         if reason == "finished":
             self.event("finished", step=self.target)

@@ -144,8 +144,9 @@ def check_gpus(resolved: Resolved, backend: Any) -> list[Check]:
 # -- the host ----------------------------------------------------------------------------------------------
 
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.3f} GB"
+def gb_text(n: float) -> str:
+    """GB with enough digits that a small filesystem does not read as "0.0 GB"."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.4f} GB"
 
 
 def check_host(resolved: Resolved, run_dir: Path) -> list[Check]:
@@ -155,7 +156,7 @@ def check_host(resolved: Resolved, run_dir: Path) -> list[Check]:
     try:
         free = shutil.disk_usage(shm).free
         need = c.min_shm_gb * 1e9
-        checks.append(Check("shm", free >= need, f"{shm} has {_gb(free)} free (cluster.min_shm_gb: {c.min_shm_gb:g})"))
+        checks.append(Check("shm", free >= need, f"{shm} has {gb_text(free)} free (cluster.min_shm_gb: {c.min_shm_gb:g})"))
     except OSError as exc:
         checks.append(Check("shm", False, f"{shm}: {exc.strerror}"))
     paths = RunPaths(run_dir)
@@ -168,7 +169,7 @@ def check_host(resolved: Resolved, run_dir: Path) -> list[Check]:
         free = shutil.disk_usage(paths.checkpoints).free
         need = c.min_free_disk_gb * 1e9
         checks.append(Check("run-folder", free >= need,
-                            f"{run_dir} writable, {_gb(free)} free (cluster.min_free_disk_gb: {c.min_free_disk_gb:g})"))
+                            f"{run_dir} writable, {gb_text(free)} free (cluster.min_free_disk_gb: {c.min_free_disk_gb:g})"))
     except OSError as exc:
         checks.append(Check("run-folder", False, f"{run_dir} is not writable from this node: {exc.strerror}"))
     return checks

@@ -181,6 +181,23 @@ def wait_for_nodes(
     return seen, gpus
 
 
+def nodes_lost(address: str, nodes: int, wait_s: float = 40.0, poll_s: float = 3.0) -> int:
+    """How many of the job's `nodes` Ray's GCS has declared dead, waiting up to `wait_s` for it to decide.
+
+    A lost node often shows first as a plain socket error in a rank's collective (gloo's "Connection closed
+    by peer"), seconds before Ray's health check (5 misses, 3 s apart, by default) marks the node dead. 0 when
+    none is, or when the GCS cannot be asked (the crash text then speaks for itself).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = count_nodes(address, timeout_s=max(5.0, min(20.0, deadline - time.monotonic())))[0]
+        if 0 < alive < nodes:
+            return nodes - alive
+        if time.monotonic() + poll_s >= deadline:
+            return 0
+        time.sleep(poll_s)
+
+
 def publish_head(control_dir: Path, head: RayHead, restart: int) -> None:
     """Tell the other ranks where the head is (they may not resolve node names; the shared run folder works)."""
     from justrl_hpc.core.run_folder import atomic_write

@@ -59,6 +59,28 @@ def finish_trackers_once(control_dir: str | os.PathLike[str]) -> bool:
     return True
 
 
+def clear_tracker_requests(control_dir: str | os.PathLike[str]) -> None:
+    """The chunk's side, at its start: no request or answer of an earlier chunk stays."""
+    control = Path(control_dir)
+    (control / FINISH_TRACKERS).unlink(missing_ok=True)
+    for answer in control.glob(f"{TRACKERS_FINISHED}.*"):
+        answer.unlink(missing_ok=True)
+
+
+def request_tracker_finish(control_dir: str | os.PathLike[str], timeout_s: float) -> bool:
+    """The chunk's side: ask the trainer's processes to end their W&B runs; True once one answered."""
+    control = Path(control_dir)
+    tmp = control / f".{FINISH_TRACKERS}.{os.getpid()}"
+    tmp.write_text(f"{time.time()}\n")
+    os.replace(tmp, control / FINISH_TRACKERS)
+    deadline = time.monotonic() + timeout_s
+    while not any(control.glob(f"{TRACKERS_FINISHED}.*")):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def _watch(control_dir: str) -> None:
     finished = False
     while True:
