@@ -272,7 +272,7 @@ class Soak:
                     elif c not in armed and (fault.moment == "start" or stepped):
                         armed[c] = time.monotonic() + fault.delay_s
                     elif c in armed and (time.monotonic() >= armed[c] or steps >= self.pace_steps):
-                        # Or once the chunk trained its share: on a fast machine (3 s steps) an 18 s delay
+                        # Or once the chunk trained its share: on a fast machine (1–2 s steps) an 18 s delay
                         # let a chunk train 18 steps, and 80 steps took 10 chunks for 16 asked.
                         done.add(c)
                         self._fire(fault, cur, trainer.get("pid") if trainer else None)

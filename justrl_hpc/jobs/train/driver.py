@@ -523,7 +523,7 @@ class Driver:
         if reason == "crashed-other" and self._checkpoint_disk_full():
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
         if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
-            # A lost peer often shows first as a socket error in a collective; Ray's health check decides.
+            # A lost node can show first as an error the patterns do not name; Ray's health check decides.
             if ray_cluster.nodes_lost(self.head.address, self.info.nodes):
                 reason = "crashed-node"
         self._exited_event(code, reason)

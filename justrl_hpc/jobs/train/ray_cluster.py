@@ -184,8 +184,8 @@ def wait_for_nodes(
 def nodes_lost(address: str, nodes: int, wait_s: float = 40.0, poll_s: float = 3.0) -> int:
     """How many of the job's `nodes` Ray's GCS has declared dead, waiting up to `wait_s` for it to decide.
 
-    A lost node often shows first as a plain socket error in a rank's collective (gloo's "Connection closed
-    by peer"), seconds before Ray's health check (5 misses, 3 s apart, by default) marks the node dead. 0 when
+    A lost node can show first as an error the crash patterns do not name (a socket closed under a surviving
+    rank), seconds before Ray's health check (5 misses, 3 s apart, by default) marks the node dead. 0 when
     none is, or when the GCS cannot be asked (the crash text then speaks for itself).
     """
     deadline = time.monotonic() + wait_s

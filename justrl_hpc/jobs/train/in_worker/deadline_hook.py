@@ -70,6 +70,7 @@ def clear_tracker_requests(control_dir: str | os.PathLike[str]) -> None:
 def request_tracker_finish(control_dir: str | os.PathLike[str], timeout_s: float) -> bool:
     """The chunk's side: ask the trainer's processes to end their W&B runs; True once one answered."""
     control = Path(control_dir)
+    # core.run_folder.atomic_write by hand: verl loads this file by path, so it imports nothing of the suite.
     tmp = control / f".{FINISH_TRACKERS}.{os.getpid()}"
     tmp.write_text(f"{time.time()}\n")
     os.replace(tmp, control / FINISH_TRACKERS)
