@@ -368,6 +368,7 @@ def test_progress_healthy_then_stalled(tmp_path: Path) -> None:
     # a job that is not running (pending in the requeue gap) is not stalled
     assert evaluate_progress(events, 60, t, STEP_TIMES, False, t + 4000, save_freq=50) == []
     # a fresh chunk waiting for its first step gets startup_grace_s more
+    time.sleep(0.01)  # the ledger keeps milliseconds: a start written in t's own millisecond reads as before it
     chunk(led, "68", 2, 50, range(0))
     events, t2 = led.read(), time.time()
     assert keys(evaluate_progress(events, 60, t, STEP_TIMES, True, t2 + 2000, save_freq=50)) == {
