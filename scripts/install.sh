@@ -18,12 +18,12 @@ PY=${PYTHON:-python3}
 # torch first and pinned: 2.13.0 is the local CPU build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
-# The first thing proved: verl's legacy trainer imports, and verl loads the CPU backend by its plugin point.
-.venv/bin/python -W ignore -c "
+# The first thing proved: verl's legacy trainer imports, and verl loads the CPU backend by its plugin point when
+# asked as a rehearsal's chunks ask (JUSTRL_VERL_CPU=1, justrl_hpc/jobs/train/submission.py chunk_env).
+JUSTRL_VERL_CPU=1 .venv/bin/python -W ignore -c "
 import verl.trainer.main_ppo, verl.trainer.main_ppo_v0, justrl_hpc, torch, submitit
 from verl.plugin.platform import PlatformRegistry
 from verl.workers.rollout.replica import RolloutReplicaRegistry
-cpu = not torch.cuda.is_available()
-assert not cpu or (PlatformRegistry.get('cpu') and RolloutReplicaRegistry.get('hf-cpu')), 'the verl CPU backend did not load'
+assert PlatformRegistry.get('cpu') and RolloutReplicaRegistry.get('hf-cpu'), 'the verl CPU backend did not load'
 print('installed: justrl-hpc', justrl_hpc.__version__, '| verl', verl.__version__, '| torch', torch.__version__,
-      '| backend', 'cpu (verl plugin)' if cpu else 'none (CUDA present)')"
+      '| backend cpu (verl plugin, with JUSTRL_VERL_CPU=1)')"

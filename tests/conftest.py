@@ -55,7 +55,7 @@ def verl_run(rehearsal_data, tmp_path_factory):
     from pathlib import Path
 
     from justrl_hpc.core import checkpoints
-    from justrl_hpc.core.recipe import ChunkContext, trainer_command
+    from justrl_hpc.core.recipe import CPU_BACKEND_ENV, ChunkContext, trainer_command
     from justrl_hpc.core.run_folder import load
 
     repo = Path(__file__).resolve().parents[1]
@@ -66,8 +66,9 @@ def verl_run(rehearsal_data, tmp_path_factory):
             f"recipe.val_files=[{data / 'val.parquet'}]", "recipe.total_training_steps=2", "recipe.save_freq=1",
             "recipe.test_freq=0"]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SLURM_JOB_ID", "JUSTRL_CONTROL_DIR")}
+    # CPU_BACKEND_ENV: what a CPU recipe's chunk sets (submission.chunk_env) for verl to load the CPU backend.
     env.update({"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled",
-                "TOKENIZERS_PARALLELISM": "false"})
+                "TOKENIZERS_PARALLELISM": "false", CPU_BACKEND_ENV: "1"})
     args = [sys.executable, "-m", "justrl_hpc.launch", "--recipe", "rehearsal", "--cluster", "dev",
             "--name", "verl-run", "--run-dir", str(run_dir), "--create-only"]
     args += [a for s in sets for a in ("--set", s)]

@@ -11,6 +11,10 @@ complete zip directory (torch.save writes zip archives; a write cut short by kil
 end record). verl's `resume_mode=auto` trusts the tracker blindly — a missing tracker or a tracker naming a
 missing folder trains from scratch without a word — so before each chunk the suite points the tracker at the
 newest verified checkpoint, atomically.
+
+A folder set aside at a chunk's start (`global_step_N.unlogged-T`: saved but never logged; `.torn-T`: not
+verified) is ~21 GB that no resume reads; it stays while it is the newest save of step N a person may want, and
+retention removes it once a verified save of a later step exists.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 TRACKER = "latest_checkpointed_iteration.txt"
 MANIFEST = ".justrl_verified.json"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+# What prepare_resume renames a checkpoint to when it sets it aside (T: the time it did).
+SET_ASIDE_DIR = re.compile(r"^global_step_(\d+)\.(?:unlogged|torn)-\d+$")
 KINDS = ("model", "optim", "extra_state")
 _ZIP_END = b"PK\x05\x06"
 
@@ -200,10 +206,31 @@ def prepare_resume(
     return ResumeDecision(True, newest, reason, skipped)
 
 
+def set_aside_dirs(ckpt_dir: Path) -> dict[str, int]:
+    """Folders prepare_resume set aside, by name → the step they hold."""
+    out = {}
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            m = SET_ASIDE_DIR.match(p.name)
+            if m and p.is_dir():
+                out[p.name] = int(m.group(1))
+    return out
+
+
+def removable_set_aside(set_aside: dict[str, int], verified: list[int]) -> list[str]:
+    """The set-aside folders a verified save of a later step has made useless, sorted by name.
+
+    Kept otherwise: until then it is the newest copy of its step (a person may want it, or what it holds).
+    """
+    newest = max(verified, default=None)
+    return sorted(name for name, step in set_aside.items() if newest is not None and step < newest)
+
+
 def apply_retention(
     ckpt_dir: Path, world_size: int, keep_last: int, keep_every: int, protect: set[int] | None = None
-) -> list[int]:
-    """Keep the newest K verified checkpoints plus every Nth step; delete the rest, whole folders.
+) -> list[str]:
+    """Keep the newest K verified checkpoints plus every Nth step; delete the rest, whole folders, and the
+    set-aside folders of steps older than the newest verified save. Returns the names of the folders deleted.
 
     Reads the disk, not memory, so it works across restarts; an unverified folder (maybe still being written)
     and the tracker's step are never deleted; nothing is deleted unless a newer verified checkpoint exists.
@@ -223,7 +250,10 @@ def apply_retention(
         if step in keep or step >= good[-1]:
             continue
         shutil.rmtree(dirs[step], ignore_errors=True)
-        deleted.append(step)
+        deleted.append(dirs[step].name)
+    for name in removable_set_aside(set_aside_dirs(ckpt_dir), good):
+        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+        deleted.append(name)
     return deleted
 
 

@@ -85,13 +85,23 @@ class ClusterConfig:
     time_limit_min: int = field(default=1440, metadata={"min": 1})
     # How long before the limit Slurm signals the job (--signal=B:USR2@N); must cover one step + a save.
     signal_lead_s: int = field(default=900, metadata={"min": 10})
+    # Kept at the end of a chunk for the stop, the requeue and the teardown: the wait for a save ends this long
+    # before the limit, where Slurm sends SIGTERM to every process and SIGKILL KillWait later. Below
+    # signal_lead_s (config_files.resolve says so).
+    end_reserve_s: int = field(default=120, metadata={"min": 0})
     account: str = ""
     qos: str = ""
     constraint: str = ""
     exclusive: bool = True
     # JobRequeue=0 clusters get a chain of dependent jobs instead of `scontrol requeue`.
     requeue_allowed: bool = True
-    # Seconds between SIGTERM and SIGKILL on preemption (GraceTime); bounds what a SIGTERM save can do.
+    # How the partition preempts a job. sigterm (Slurm's default): SIGTERM to every process of the step, which
+    # no grace lets a chunk save from (Ray's workers and vLLM's EngineCore exit on it); signal: the site has
+    # PreemptParameters=send_user_signal, so a preempted job first gets its --signal (USR2) and saves as at
+    # its time limit; none: the partition never preempts. Only what the plan and preflight warn changes.
+    preemption: str = field(default="sigterm", metadata={"choices": ("sigterm", "signal", "none")})
+    # Seconds between the preemption's first signal and the kill (the partition's GraceTime): with
+    # preemption: signal, the time a chunk has to finish its step and save.
     preempt_grace_s: int = field(default=300, metadata={"min": 0})
     # Ray's GCS port; per-job offsets avoid clashes between jobs that share a node. They stay below the
     # kernel's ephemeral ports (32768 up), so a base near that leaves few job slots.

@@ -104,6 +104,10 @@ def resolve(
         run=build(RunConfig, sections["run"], "run"),
     )
     recipe_mod.validate(resolved.recipe)
+    c = resolved.cluster
+    if c.end_reserve_s >= c.signal_lead_s:
+        raise UserError(f"must be below signal_lead_s ({c.signal_lead_s}): the save between the pre-limit signal and "
+                        f"the reserve needs time; got {c.end_reserve_s}", "cluster.end_reserve_s")
     if run_name is not None:
         resolved.run.name = run_name
     if not resolved.run.name:

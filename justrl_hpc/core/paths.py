@@ -7,7 +7,7 @@
       checkpoints/            verl's global_step_N folders and its tracker file
       tensorboard/            verl's metrics (TENSORBOARD_DIR) and the monitor's own scalars
       telemetry/<host>.jsonl  the node agents' samples
-      logs/                   trainer.log, ray-<job>.log, agent-<host>.log, submitit/<job>/ …
+      logs/                   trainer.log, ray-<job>.log, agent-<host>.log, submitit/<job>/, sbatch/ …
       control/                requests to a running chunk (save-now, stop) and the chunk's own hand-offs
       monitor.db  monitor.heartbeat  alerts.jsonl   the monitor daemon's state, liveness and alert log
       eval/  export/          the evaluation and export jobs' outputs
@@ -85,6 +85,18 @@ class RunPaths:
     def submitit(self) -> Path:
         """submitit's folder per job id (`%j`): its pickles and logs, appended to across requeues."""
         return self.logs / "submitit" / "%j"
+
+    @property
+    def sbatch_logs(self) -> Path:
+        """Where sbatch/train.sbatch has srun write each task's output (`%j_%t_log.out`, `%j_%t_log.err`)."""
+        return self.logs / "sbatch"
+
+    def slurm_stderr(self, job_id: str) -> list[Path]:
+        """One job's stderr files as they are on disk: the batch script's and every task's (`<job>_<task>_log.err`,
+        submitit's and train.sbatch's). slurmstepd and srun write there what Slurm did to the job (an OOM kill, a
+        lost node); train.sbatch's own batch log goes where its --output says, outside the run folder."""
+        folders = (Path(str(self.submitit).replace("%j", job_id)), self.sbatch_logs)
+        return sorted(p for folder in folders for p in folder.glob(f"{job_id}_*_log.err") if p.is_file())
 
     # -- requests to a running chunk ---------------------------------------------------------------------
     @property

@@ -92,6 +92,9 @@ NOT_EXPRESSIBLE = {
 
 # The CPU backend's rollout (justrl_hpc.dev.verl_cpu): a recipe with device: cpu must name it.
 CPU_ROLLOUT = "hf-cpu"
+# What asks verl's processes for the CPU backend (justrl_hpc.dev.verl_cpu registers nothing without it): set in
+# a device: cpu recipe's chunks (jobs/train/submission.chunk_env), never where verl runs on GPUs.
+CPU_BACKEND_ENV = "JUSTRL_VERL_CPU"
 GPU_ROLLOUTS = ("vllm", "sglang", "trtllm")
 
 # What a CPU recipe (the rehearsal) may add on top of the real recipes' overrides, beside the sizes it
@@ -310,8 +313,8 @@ def save_seconds(recipe: RecipeConfig) -> float:
 
 
 def timing_warnings(resolved: Resolved) -> list[str]:
-    """The cluster's signal lead and preemption grace against a step and a save: said by the plan
-    (`--dry-run`) on the login node and by the preflight on the nodes, in the same words."""
+    """The cluster's signal lead and preemption against a step and a save: said by the plan (`--dry-run`) on
+    the login node and by the preflight on the nodes, in the same words."""
     r, c = resolved.recipe, resolved.cluster
     save_s = save_seconds(r)
     warnings: list[str] = []
@@ -320,13 +323,24 @@ def timing_warnings(resolved: Resolved) -> list[str]:
             f"signal lead {c.signal_lead_s} s is shorter than one step + a save (~{r.expected_step_s + save_s:.0f} s): "
             "the deadline save still happens, but a late signal may find no time to save"
         )
-    need = r.expected_step_s + save_s + 10  # the step in flight, its save, the stop
-    if c.preempt_grace_s < need:
+    need = math.ceil(r.expected_step_s + save_s + 10)  # the step in flight, its save, the stop
+    cost = (f"costs up to save_freq = {r.save_freq} steps "
+            f"(~{r.save_freq * r.expected_step_s / 3600:.1f} h of {gpus_for(resolved)} GPUs)")
+    if c.preemption == "sigterm":
+        # No grace helps: the suite's own processes ignore SIGTERM, but Ray's workers and vLLM's EngineCore
+        # install their own handlers, and cgroup process tracking delivers the signal to every one of them.
         warnings.append(
-            f"preemption grace {c.preempt_grace_s} s is shorter than a step + a save + the stop (~{need:.0f} s): a "
-            f"SIGTERM-only preemption can never save (nor can one in a chunk's first step: verl's deadline save "
-            f"needs one step's time) and costs up to save_freq = {r.save_freq} steps "
-            f"(~{r.save_freq * r.expected_step_s / 3600:.1f} h of {gpus_for(resolved)} GPUs); raise "
-            f"cluster.preempt_grace_s (the partition's GraceTime) to {math.ceil(need)} s or more"
+            "a SIGTERM-only preemption can never save, whatever the grace: under cgroup process tracking Slurm "
+            "sends SIGTERM to every process of the step, and Ray's workers and vLLM's EngineCore exit on it before "
+            f"verl can save, so each preemption {cost}. Ask the site for signal-based preemption: "
+            "PreemptParameters=send_user_signal in slurm.conf (a preempted job first gets its --signal, USR2, and "
+            f"saves as at its time limit; PreemptMode=REQUEUE brings it back) with a GraceTime of {need} s or more; "
+            "then set cluster.preemption: signal and cluster.preempt_grace_s to that GraceTime"
+        )
+    elif c.preemption == "signal" and c.preempt_grace_s < need:
+        warnings.append(
+            f"preemption grace {c.preempt_grace_s} s is shorter than a step + a save + the stop (~{need} s): the USR2 "
+            "of a preemption leaves no time to save (nor in a chunk's first step: verl's deadline save needs one "
+            f"step's time) and {cost}; ask the site for a GraceTime of {need} s or more (cluster.preempt_grace_s)"
         )
     return warnings

@@ -24,6 +24,10 @@ def slurm_resources(c: ClusterConfig, nodes: int, time_limit_min: int) -> dict[s
         params["gpus_per_node"] = c.gpus_per_node
     if c.mem_gb:
         params["mem"] = f"{c.mem_gb}GB"
+    elif c.exclusive:
+        # --mem=0: all of each node's memory, which an exclusive job holds anyway; a fixed size a little above
+        # some node's RealMemory would keep the job pending. Shared nodes ask nothing (the partition's default).
+        params["mem"] = "0"
     for key in ("account", "qos", "constraint"):
         if getattr(c, key):
             params[key] = getattr(c, key)
@@ -32,3 +36,9 @@ def slurm_resources(c: ClusterConfig, nodes: int, time_limit_min: int) -> dict[s
     if c.requeue_allowed:
         params["additional_parameters"] = {"requeue": True}
     return params
+
+
+# Slurm 22.05–23.02's srun does not inherit --cpus-per-task from the batch allocation (the 22.05 release notes;
+# 23.11 went back): under task/cgroup every node task (raylet, FSDP workers, vLLM engines) would share one CPU.
+# A setup line of every job script that runs srun, training's and evaluation's.
+SRUN_CPUS_LINE = 'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi'

@@ -156,6 +156,8 @@ def render_plan(d: dict[str, Any], resolved: cfg.Resolved) -> str:
     res, plan = d["resources"], d["plan"]
     r = resolved.recipe
     per_node = f"{res['gpus_per_node']} GPUs" if res["gpus_per_node"] else f"{r.ranks_per_node} CPU ranks"
+    # What slurm_resources asks: a size, all of an exclusive node's memory (--mem=0), or nothing.
+    mem = f", {res['mem_gb']} GB" if res["mem_gb"] else (", all its memory" if resolved.cluster.exclusive else "")
     keep = f"keep last {resolved.run.keep_last}" + (
         f" + every {resolved.run.keep_every}th step" if resolved.run.keep_every else ""
     )
@@ -163,7 +165,7 @@ def render_plan(d: dict[str, Any], resolved: cfg.Resolved) -> str:
         f"run      {d['run']}  ->  {d['run_dir']}",
         f"recipe   {r.name} (fingerprint {d['recipe_fingerprint']}), trainer {r.trainer}, model {r.model_path}",
         f"cluster  {d['cluster']}: partition {res['partition'] or '(default)'}, {res['nodes']} nodes x {per_node}, "
-        f"{res['cpus_per_node']} CPUs" + (f", {res['mem_gb']} GB" if res["mem_gb"] else "") + " per node",
+        f"{res['cpus_per_node']} CPUs{mem} per node",
         f"chunk    {res['time_limit_min']} min wall clock, save signal {res['signal_lead_s']} s before the limit, "
         f"requeue {'on' if res['requeue'] else 'off (dependent-job chain)'}",
         f"steps    {plan['total_steps']} in ~{plan['chunks']} chunks of <= {plan['steps_per_chunk']} steps "
@@ -172,6 +174,8 @@ def render_plan(d: dict[str, Any], resolved: cfg.Resolved) -> str:
         + ("GPU-hours" if res["gpus_per_node"] else "CPU-rank-hours"),
         f"disk     ~{plan['disk_gb']:,} GB of checkpoints ({keep}, ~{r.checkpoint_gb:g} GB each)",
     ]
+    if plan["gpu_stack"]:
+        lines.append(f"stack    {plan['gpu_stack']}")
     for w in d["warnings"]:
         lines.append(f"warning  {w}")
     for c in d["checks"]:

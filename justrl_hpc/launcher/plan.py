@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from justrl_hpc.core import gpu_stack
 from justrl_hpc.core.config import Resolved
 from justrl_hpc.core.errors import UserError
 from justrl_hpc.core.recipe import timing_warnings
@@ -36,6 +37,8 @@ class Plan:
     disk_gb: float
     checkpoints_kept: int
     warnings: list[str] = field(default_factory=list)
+    # What the nodes must run (the `gpu` extra's stack and the driver it needs); empty on a cluster without GPUs.
+    gpu_stack: str = ""
 
 
 def resources(resolved: Resolved, nodes: int) -> Resources:
@@ -73,8 +76,10 @@ def make_plan(resolved: Resolved, nodes: int) -> Plan:
     kept = resolved.run.keep_last + (
         r.total_training_steps // resolved.run.keep_every if resolved.run.keep_every else 0
     )
-    # One more than kept: the new checkpoint is written before the oldest is deleted.
-    disk_gb = (kept + 1) * r.checkpoint_gb
+    # Two more than kept: the new checkpoint is written before the oldest is deleted, and a save set aside at a
+    # chunk's start (saved but never logged, or torn: core/checkpoints.prepare_resume) stays until a verified
+    # save of a later step exists, which that new one is.
+    disk_gb = (kept + 2) * r.checkpoint_gb
     return Plan(
         total_steps=r.total_training_steps,
         steps_per_chunk=steps_per_chunk,
@@ -84,6 +89,7 @@ def make_plan(resolved: Resolved, nodes: int) -> Plan:
         disk_gb=round(disk_gb, 3),
         checkpoints_kept=kept,
         warnings=warnings,
+        gpu_stack=gpu_stack.summary() if c.gpus_per_node else "",
     )
 
 

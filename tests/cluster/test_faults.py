@@ -64,6 +64,29 @@ def test_sigterm_only_preemption_resumes_from_a_verified_checkpoint(devcluster, 
     assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {exited["last_saved"]}  # see the requeue test
 
 
+@pytest.mark.timeout(600)
+def test_the_limits_sigterm_and_sigkill_as_the_chunk_requeues_still_leave_the_next_chunk(devcluster, rehearsal_data,
+                                                                                        tmp_path):
+    """Slurm ends a job at its limit with SIGTERM to every process of its steps, then SIGKILL KillWait later (5 s
+    on the dev cluster, 30 s by default). Delivered the moment the chunk has stopped for its pre-limit signal
+    (its `requeued` line), they find the requeue already issued, before the teardown: the next chunk runs
+    and the run finishes. (With the teardown first, the SIGKILL ended the job before its requeue.)"""
+    run_dir = tmp_path / "limit-kill"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=8, time_limit=5))
+    wait_for_event(run_dir, "step", timeout=300, step=3)
+    job = str(events(run_dir, "submitted")[0]["job_id"])
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the pre-limit signal
+    wait_for_event(run_dir, "requeued", timeout=120)
+    subprocess.run(["scancel", "--full", "--signal=TERM", job], check=False)
+    time.sleep(5)
+    subprocess.run(["scancel", "--full", "--signal=KILL", job], check=False)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    assert len(events(run_dir, "started")) >= 2
+    assert events(run_dir, "finished")[0]["step"] == 8
+    assert sorted(set(tb_steps(run_dir))) == list(range(1, 9))
+
+
 PLUGINS = REPO / "tests" / "plugins"
 
 

@@ -73,3 +73,11 @@ def test_an_unreadable_yaml_is_one_line(tmp_path: Path) -> None:
     bad.write_text("- 1\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         read_yaml(bad, "x")
+
+
+def test_the_end_reserve_stays_below_the_signal_lead() -> None:
+    assert resolve("justrl-deepseek-1.5b", "a800-4x8").cluster.end_reserve_s == 120
+    assert resolve("rehearsal", "dev").cluster.end_reserve_s == 10
+    with pytest.raises(UserError) as err:
+        resolve("justrl-deepseek-1.5b", "a800-4x8", ["cluster.signal_lead_s=100"])
+    assert "cluster.end_reserve_s" in str(err.value) and "below signal_lead_s (100)" in str(err.value)

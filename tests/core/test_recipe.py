@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from justrl_hpc.core.config_files import resolve
-from justrl_hpc.core.recipe import HYPERPARAMETERS, ChunkContext, fmt, overrides
+from justrl_hpc.core.recipe import HYPERPARAMETERS, ChunkContext, fmt, overrides, timing_warnings
 
 RUN = Path("/scratch/runs/justrl-deepseek-1.5b")
 
@@ -237,3 +237,33 @@ def test_wandb_as_an_extra_tracker_is_one_offline_run_across_chunks(tmp_path, mo
     with pytest.raises(UserError) as bad:
         build(RecipeConfig, {"name": "x", "trackers": ["wandb", "mlflow"]}, "recipe")
     assert str(bad.value).startswith("recipe.trackers[1]: must be one of wandb")
+
+
+@pytest.mark.parametrize(
+    ("preemption", "grace_s", "says"),
+    [
+        # Slurm's default: SIGTERM to every process of the step. Ray's workers and vLLM's EngineCore exit on it,
+        # so a longer grace changes nothing and the warning never asks for one alone.
+        ("sigterm", 300, "a SIGTERM-only preemption can never save, whatever the grace"),
+        ("sigterm", 3600, "a SIGTERM-only preemption can never save, whatever the grace"),
+        # The site sends the job's USR2 first (PreemptParameters=send_user_signal): the grace must cover a step
+        # (296 s), a 21 GB save (~63 s) and the stop (10 s).
+        ("signal", 300, "preemption grace 300 s is shorter than a step + a save + the stop (~369 s)"),
+        ("signal", 369, None),
+        ("none", 0, None),
+    ],
+)
+def test_preemption_warning_says_what_can_save_and_what_to_ask_the_site_for(preemption, grace_s, says):
+    resolved = resolve("justrl-deepseek-1.5b", "a800-4x8",
+                       [f"cluster.preemption={preemption}", f"cluster.preempt_grace_s={grace_s}"])
+    warned = [w for w in timing_warnings(resolved) if "preemption" in w]
+    if says is None:
+        assert warned == []
+        return
+    assert len(warned) == 1 and warned[0].startswith(says), warned
+    assert "save_freq = 50 steps (~4.1 h of 32 GPUs)" in warned[0]
+    if preemption == "sigterm":
+        assert "cgroup" in warned[0] and "Ray's workers and vLLM's EngineCore" in warned[0]
+        assert "PreemptParameters=send_user_signal" in warned[0] and "PreemptMode=REQUEUE" in warned[0]
+        assert "GraceTime of 369 s or more" in warned[0] and "cluster.preemption: signal" in warned[0]
+        assert "raise cluster.preempt_grace_s" not in warned[0]  # the old advice, which no grace could fulfil

@@ -16,7 +16,12 @@ Events:
                  seven sit in NCCL at 100 % "utilisation" and ~90 W (the hang signature).
 The first 12 minutes are healthy (the tests use them as the healthy recording).
 
-Run: python tests/data/nvml_make_recording.py  (rewrites the file next to this script)
+With --driver535 it writes tests/data/nvml_a800_8gpu_driver535.jsonl instead: the same node's first two
+healthy minutes, with the inventory header an R535 driver gives (535.183.01, CUDA 12.2: what NVML's
+nvmlSystemGetCudaDriverVersion_v2 returns as 12020; no recovery-action field before R565), the A800 clusters'
+common driver, too old for a CUDA 13 stack.
+
+Run: python tests/data/nvml_make_recording.py [--driver535]  (rewrites the file next to this script)
 """
 
 from __future__ import annotations
@@ -46,6 +51,26 @@ PCI = [
     "0000:BD:00.0",
 ]
 OUT = Path(__file__).with_name("nvml_a800_8gpu.jsonl")
+DRIVER535 = Path(__file__).with_name("nvml_a800_8gpu_driver535.jsonl")
+DRIVER535_READINGS = 8
+
+
+def inventory_535() -> dict:
+    """NvmlBackend.inventory() on this node under the R535 driver with nobody on the GPUs."""
+    return {
+        "driver": "535.183.01",
+        "cuda": "12.2",
+        "gpus": [
+            {
+                "index": i,
+                "name": "NVIDIA A800-SXM4-80GB",
+                "uuid": f"GPU-5d3c{i:x}a7e-1f2b-4c6d-9e0a-{0x3B71C9D20000 + i * 0x1111:012x}",
+                "processes": [],
+                "recovery_action": None,
+            }
+            for i in range(8)
+        ],
+    }
 
 
 def phase(t: float) -> str:
@@ -59,7 +84,7 @@ def phase(t: float) -> str:
     return "idle"
 
 
-def main() -> None:
+def main(out: Path = OUT, readings: int = READINGS, inventory: dict | None = None) -> None:
     rng = random.Random(20250105)
     offsets = [rng.uniform(-2.0, 4.0) for _ in range(8)]
     energy = [rng.randint(4_000_000_000, 6_000_000_000) for _ in range(8)]
@@ -69,9 +94,13 @@ def main() -> None:
     sbe_vol = [0, 0, 0, 0, 0, 0, 1, 0]
     pcie_replay = [0, 0, 1, 0, 0, 0, 0, 2]
     rec = Recorder(
-        OUT, interval=INTERVAL, source="synthetic: tests/data/nvml_make_recording.py", host="gpu-a800-07"
+        out,
+        interval=INTERVAL,
+        source="synthetic: tests/data/nvml_make_recording.py",
+        host="gpu-a800-07",
+        inventory=inventory,
     )
-    for n in range(READINGS):
+    for n in range(readings):
         t = n * INTERVAL
         p = phase(t)
         hang = n > XID_AT
@@ -187,8 +216,11 @@ def main() -> None:
             }
         rec.record(reading, 1_736_000_000.0 + t)
     rec.close()
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {READINGS} readings)")
+    print(f"wrote {out} ({out.stat().st_size} bytes, {readings} readings)")
 
 
 if __name__ == "__main__":
-    main()
+    if "--driver535" in sys.argv[1:]:
+        main(DRIVER535, DRIVER535_READINGS, inventory_535())
+    else:
+        main()

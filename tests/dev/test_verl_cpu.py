@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from justrl_hpc.core.recipe import CPU_BACKEND_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.verl]
 
 
 def _py(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter, asked for the CPU backend only if `env` says so."""
+    base = {k: v for k, v in os.environ.items() if k != CPU_BACKEND_ENV}
     return subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+                          timeout=180, env={**base, "PYTHONPATH": str(REPO), **env})
 
 
 def test_verl_loads_the_backend_by_its_entry_point_in_a_fresh_process() -> None:
@@ -31,19 +35,42 @@ def test_verl_loads_the_backend_by_its_entry_point_in_a_fresh_process() -> None:
         "p = get_platform()\n"
         "print(p.device_name, p.ray_resource_name(), p.communication_backend_name())\n"
         "print(EngineRegistry.get_engine_cls('language_model', 'fsdp').__name__)\n"
-        "print(get_rollout_class('hf-cpu').__name__, get_rollout_replica_class('hf-cpu').__name__)\n"
+        "print(get_rollout_class('hf-cpu').__name__, get_rollout_replica_class('hf-cpu').__name__)\n",
+        **{CPU_BACKEND_ENV: "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:3] == ["cpu GPU gloo", "FSDPEngineWithLMHead", "HFServerAdapter HFReplica"]
 
 
-def test_the_backend_is_inert_where_verl_is_told_of_another_platform() -> None:
-    out = _py("import verl\nfrom verl.plugin.platform import PlatformRegistry\n"
-              "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
-              "print(PlatformRegistry.get('cpu'), 'hf-cpu' in RolloutReplicaRegistry._registry)",
-              VERL_PLATFORM="nvidia")
+def test_the_backend_is_inert_unless_asked_even_without_cuda() -> None:
+    """This machine has no CUDA, as a GPU node's CPU-only Ray actors (verl's TaskRunner, reward workers) have
+    none: keyed on CUDA the backend registered there and gave them a CPU platform. Only JUSTRL_VERL_CPU=1 asks."""
+    probe = ("import torch, verl\nfrom verl.plugin.platform import PlatformRegistry\n"
+             "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
+             "print(torch.cuda.is_available(), PlatformRegistry.get('cpu') is not None, "
+             "'hf-cpu' in RolloutReplicaRegistry._registry)")
+    out = _py(probe)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "None False"
+    assert out.stdout.strip() == "False False False"
+    for other in ("0", "", "true"):  # only "1" asks
+        assert _py(probe, **{CPU_BACKEND_ENV: other}).stdout.strip() == "False False False", other
+    asked = _py(probe, **{CPU_BACKEND_ENV: "1"})
+    assert asked.stdout.strip() == "False True True", asked.stderr[-2000:]
+
+
+def test_a_cpu_recipes_chunks_ask_for_the_backend_and_a_gpu_recipes_do_not(tmp_path: Path) -> None:
+    """The chunk's environment (exported by its batch script, inherited by the trainer and by the raylets whose
+    workers verl's processes are) is what asks; a GPU run's chunk never does."""
+    from justrl_hpc.core.config_files import resolve
+    from justrl_hpc.jobs.train.submission import chunk_env, setup_lines
+
+    rehearsal = chunk_env(resolve("rehearsal", "dev"), tmp_path)
+    assert rehearsal[CPU_BACKEND_ENV] == "1"
+    assert f"export {CPU_BACKEND_ENV}=1" in setup_lines(resolve("rehearsal", "dev"), tmp_path)
+    assert CPU_BACKEND_ENV not in chunk_env(resolve("justrl-deepseek-1.5b", "a800-4x8"), tmp_path)
+    out = _py("import verl\nfrom verl.plugin.platform import get_platform\nprint(get_platform().device_name)",
+              **{CPU_BACKEND_ENV: rehearsal[CPU_BACKEND_ENV]})
+    assert out.stdout.strip() == "cpu", out.stderr[-2000:]
 
 
 def test_sampler_greedy_top_k_top_p_and_log_probs() -> None:
@@ -109,7 +136,8 @@ def test_real_recipe_overrides_pass_ray_init_on_a_local_ray(recipe: str, rehears
                                             f"recipe.val_files=[{data / 'val.parquet'}]"])
     cmd = trainer_command(resolved, tmp_path, ChunkContext(first_chunk=True, deadline_epoch=1_900_000_000))
     cmd[0] = sys.executable
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Without the CPU backend, as a GPU run's chunk: the real recipes never ask for it (submission.chunk_env).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", CPU_BACKEND_ENV)}
     env.update(PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=360, env=env, cwd=tmp_path)
     log = out.stdout + out.stderr

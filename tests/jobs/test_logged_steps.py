@@ -112,5 +112,5 @@ def test_retention_keeps_the_save_a_resume_falls_back_to(tmp_path):
     ckpt = tmp_path / "checkpoints"
     for step in (5, 6, 7):
         save_checkpoint(ckpt, step)
-    assert checkpoints.apply_retention(ckpt, 1, keep_last=1, keep_every=0, protect={6}) == [5]
+    assert checkpoints.apply_retention(ckpt, 1, keep_last=1, keep_every=0, protect={6}) == ["global_step_5"]
     assert checkpoints.verified_steps(ckpt, 1) == [6, 7]

@@ -8,12 +8,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from justrl_hpc.core.config_files import resolve
+from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.jobs.train import preflight
+from justrl_hpc.jobs.train.kernel_log import KernelXids
 from justrl_hpc.monitor.agent.replay import ReplayBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +55,9 @@ def failed(checks: list[preflight.Check]) -> dict[str, str]:
     return {k.name: k.detail for k in checks if not k.ok}
 
 
+NO_XIDS = KernelXids()  # the kernel log judged elsewhere (tests/jobs/test_kernel_log.py), not this machine's
+
+
 def test_a_healthy_cpu_node_passes_every_check_in_seconds(tmp_path: Path) -> None:
     checks = preflight.run_checks(rehearsal(), run_dir(tmp_path), preflight.backend_for("none"))
     assert not failed(checks), failed(checks)
@@ -66,7 +72,7 @@ def test_a_healthy_cpu_node_passes_every_check_in_seconds(tmp_path: Path) -> Non
 def test_the_replayed_a800_node_passes_and_reports_its_gpus(tmp_path: Path) -> None:
     inv = {"driver": "550.54.15", "cuda": "12.4", "gpus": [
         {"index": i, "name": "NVIDIA A800-SXM4-80GB", "processes": [], "recovery_action": 0} for i in range(8)]}
-    checks = preflight.check_gpus(a800(), ReplayBackend(recording(tmp_path, inv)))
+    checks = preflight.check_gpus(a800(), ReplayBackend(recording(tmp_path, inv)), NO_XIDS)
     assert not failed(checks), failed(checks)
     by = {k.name: k.detail for k in checks}
     assert by["gpu-count"] == "8 × NVIDIA A800-SXM4-80GB (cluster file: 8 × A800)"
@@ -79,7 +85,7 @@ def test_a_process_holding_a_gpu_is_named_with_its_pid_and_command(tmp_path: Pat
         inv = {"driver": "550.54.15", "cuda": "12.4", "gpus": [
             {"index": i, "name": "NVIDIA A800-SXM4-80GB", "recovery_action": 0,
              "processes": [{"pid": holder.pid, "used_mib": 30000}] if i == 3 else []} for i in range(8)]}
-        got = failed(preflight.check_gpus(a800(), ReplayBackend(recording(tmp_path, inv))))
+        got = failed(preflight.check_gpus(a800(), ReplayBackend(recording(tmp_path, inv)), NO_XIDS))
         assert got == {"gpu-free": f"GPU 3 is held by pid {holder.pid} (sleep 300, 30000 MiB)"}
     finally:
         holder.kill()
@@ -91,12 +97,12 @@ def test_wrong_count_or_model_ecc_remap_and_recovery_fail(tmp_path: Path) -> Non
         {"index": i, "name": "NVIDIA A800-SXM4-80GB", "processes": [], "recovery_action": 2 if i == 5 else 0}
         for i in range(8)]}
     rec = recording(tmp_path, inv, DCGM_FI_DEV_ECC_DBE_VOL_TOTAL=2, DCGM_FI_DEV_ROW_REMAP_PENDING=1)
-    got = failed(preflight.check_gpus(a800(gpus_per_node=4), ReplayBackend(rec)))
+    got = failed(preflight.check_gpus(a800(gpus_per_node=4), ReplayBackend(rec), NO_XIDS))
     assert got["gpu-count"].startswith("8 × NVIDIA A800-SXM4-80GB (cluster file: 4 × A800)")
     assert got["gpu-ecc"].startswith("GPU 0: 2 uncorrectable ECC errors")
     assert got["gpu-remap"].startswith("GPU 0: a row remap is pending")
     assert got["gpu-recovery"].startswith("GPU 5: the driver asks for recovery action 2")
-    assert "gpu-count" in failed(preflight.check_gpus(a800(gpu_model="H100"), ReplayBackend(rec)))
+    assert "gpu-count" in failed(preflight.check_gpus(a800(gpu_model="H100"), ReplayBackend(rec), NO_XIDS))
 
 
 def test_nvml_missing_on_a_gpu_cluster_fails_and_on_a_cpu_cluster_does_not() -> None:
@@ -105,13 +111,8 @@ def test_nvml_missing_on_a_gpu_cluster_fails_and_on_a_cpu_cluster_does_not() -> 
     assert preflight.check_gpus(rehearsal(), preflight.backend_for("none")) == []
 
 
-def test_xids_in_the_kernel_log_are_read_as_the_kernel_writes_them() -> None:
-    text = ("6,1234,567;NVRM: Xid (PCI:0000:07:00): 79, pid=4242, name=python, GPU has fallen off the bus.\n"
-            "4,1235,568;NVRM: Xid (PCI:0000:0f:00): 13, Graphics Exception\n")
-    assert preflight.parse_xids(text) == [("0000:07:00", 79), ("0000:0f:00", 13)]
+def test_kernel_and_nvml_spell_a_gpus_bus_alike() -> None:
     assert preflight._bus("0000:07:00") == preflight._bus("00000000:07:00.0") == "07:00"
-    xids, why = preflight.kernel_xids(Path("/nonexistent/kmsg"))
-    assert xids == [] and "No such file" in why
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
@@ -197,6 +198,88 @@ def test_the_driver_gathers_every_rank_and_names_the_bad_nodes(tmp_path: Path) -
 
 
 def test_the_timing_warning_is_said_by_the_preflight_too(tmp_path: Path) -> None:
-    checks = preflight.run_checks(a800(preempt_grace_s=60), run_dir(tmp_path), preflight.backend_for("none"))
+    checks = preflight.run_checks(a800(preemption="signal", preempt_grace_s=60), run_dir(tmp_path),
+                                  preflight.backend_for("none"))
     warnings = [k.detail for k in checks if k.warning]
     assert any(w.startswith("preemption grace 60 s is shorter than a step + a save") for w in warnings)
+
+
+OK = {"node": "n1", "ok": True, "failed": [], "transient": False}
+SLOW = {"node": "n2", "ok": False, "failed": ["imports: importing torch took over 600 s"], "transient": True}
+BAD = {"node": "n3", "ok": False, "failed": ["gpu-free: GPU 3 is held by pid 7 (python x.py)"], "transient": False}
+OLD = {"node": "n4", "ok": False, "failed": ["imports: importing torch took over 120 s"]}  # before `transient`
+
+
+@pytest.mark.parametrize(
+    ("results", "transient", "reason"),
+    [
+        ([OK], False, None),
+        ([OK, SLOW], True, "preflight on n2 may pass on another try: imports: importing torch took over 600 s"),
+        ([SLOW, {**SLOW, "node": "n5"}], True, "preflight on n2,n5 may pass on another try: imports: importing "
+                                               "torch took over 600 s"),
+        # a node that was only slow is not one to leave out; the bad one decides
+        ([SLOW, BAD], False, "preflight failed on n3: gpu-free: GPU 3 is held by pid 7 (python x.py); fix it or "
+                             "leave the node out: python -m justrl_hpc.launch --resume RUN --exclude n3"),
+        ([OK, OLD], False, "preflight failed on n4: imports: importing torch took over 120 s; fix it or leave the "
+                           "node out: python -m justrl_hpc.launch --resume RUN --exclude n4"),
+    ],
+)
+def test_a_failure_another_try_may_pass_requeues_instead_of_failing(
+    results: list[dict], transient: bool, reason: str | None
+) -> None:
+    assert preflight.transient(results) is transient
+    assert preflight.verdict(results, Path("RUN")) == reason
+
+
+@pytest.mark.parametrize(
+    ("checks", "transient"),
+    [
+        ([preflight.Check("imports", True, "torch 2.11.0")], False),
+        ([preflight.Check("imports", False, "slow", transient=True),
+          preflight.Check("timing", True, "a warning", warning=True)], True),
+        ([preflight.Check("imports", False, "slow", transient=True), preflight.Check("shm", False, "full")], False),
+    ],
+)
+def test_a_node_is_transient_only_when_every_failure_is(checks: list[preflight.Check], transient: bool) -> None:
+    assert preflight.summary(checks, 0.1)["transient"] is transient
+
+
+@pytest.mark.parametrize(
+    ("have", "want", "ok", "detail"),
+    [
+        (96, 96, True, "this node task may use 96 CPUs (cluster.cpus_per_node: 96)"),
+        (1, 96, False, "this node task may use 1 CPU, the cluster file asks 96 (cluster.cpus_per_node): srun did "
+                       "not pass --cpus-per-task; export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK in the job script "
+                       "(Slurm 22.05–23.02)"),
+    ],
+)
+def test_the_cpus_a_node_task_may_use_are_what_the_cluster_file_asks(have: int, want: int, ok: bool,
+                                                                     detail: str) -> None:
+    assert preflight.cpus_check(have, want) == preflight.Check("cpus", ok, detail)
+
+
+CHILD = """
+import json, os, sys
+from pathlib import Path
+from justrl_hpc.core.config_files import resolve
+from justrl_hpc.jobs.train import preflight
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # what srun without --cpus-per-task leaves a task
+checks = preflight.check_host(resolve("rehearsal", "dev"), Path(sys.argv[1]))
+print(json.dumps({k.name: k.detail for k in checks if not k.ok}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to take one away")
+def test_a_node_task_pinned_to_one_cpu_fails_naming_srun_cpus_per_task(tmp_path: Path) -> None:
+    d = run_dir(tmp_path)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(d)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"cpus": preflight.cpus_check(1, 2).detail}
+    assert "cpus" not in failed(preflight.check_host(rehearsal(), d))  # this process may use both
+
+
+def test_the_preflight_event_records_the_cpus_the_node_task_may_use(tmp_path: Path) -> None:
+    d = run_dir(tmp_path)
+    ledger = Ledger(d)
+    assert preflight.on_this_node(rehearsal(), d, ledger, "42", 0, 0)["ok"]
+    (event,) = [e for e in ledger.read() if e["event"] == "preflight"]
+    assert event["cpus"] == len(os.sched_getaffinity(0)) and "transient" not in event

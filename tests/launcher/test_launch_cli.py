@@ -55,14 +55,15 @@ def test_dry_run_text_is_for_people(tmp_path):
     assert "FAIL" in out.stdout and "prepare-data" in out.stdout
 
 
-def test_dry_run_warns_when_a_preemption_cannot_save(tmp_path):
-    """a800-4x8's 300 s grace against ~296 s steps and ~63 s saves: one warning naming the cost and the
-    setting; a grace that covers a step and a save gives none."""
-    out = launch("--nodes", "4", "--dry-run", cwd=tmp_path)
-    warned = [line for line in out.stdout.splitlines() if "preemption grace 300 s" in line]
-    assert len(warned) == 1 and "save_freq = 50 steps" in warned[0] and "cluster.preempt_grace_s" in warned[0]
-    ok = launch("--nodes", "4", "--dry-run", "--set", "cluster.preempt_grace_s=400", cwd=tmp_path)
-    assert "preemption grace" not in ok.stdout
+def test_dry_run_says_a_sigterm_preemption_cannot_save_and_what_to_ask_for(tmp_path):
+    """a800-4x8 preempts as Slurm does by default, SIGTERM to every process of the step: no grace lets the chunk
+    save (Ray's workers and vLLM's EngineCore exit on it), so the plan says so, names what to ask the site for,
+    and no longer tells a person to raise a GraceTime that cannot help (tests/core/test_recipe.py: every case)."""
+    out = launch("--nodes", "4", "--dry-run", "--set", "cluster.preempt_grace_s=400", cwd=tmp_path)
+    warned = [line for line in out.stdout.splitlines() if "preempt" in line.lower() and line.startswith("warning")]
+    assert len(warned) == 1 and "SIGTERM-only preemption can never save, whatever the grace" in warned[0]
+    assert "cgroup" in warned[0] and "PreemptParameters=send_user_signal" in warned[0]
+    assert "GraceTime of 369 s" in warned[0] and "save_freq = 50 steps" in warned[0]
 
 
 BAD = [

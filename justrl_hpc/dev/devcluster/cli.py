@@ -24,6 +24,7 @@ def _print_status(st: ClusterStatus) -> None:
         f"devcluster: {'up' if st.up else 'not up'} (scratch {st.scratch}, partition {st.partition}, "
         f"conf {st.conf}{', /etc/slurm/slurm.conf points here' if st.etc_conf else ''})"
     )
+    print(f"devcluster: jobs {st.confinement.line() if st.confinement else 'unknown (no slurm.conf yet)'}")
     print(f"devcluster: keeper {'pid ' + str(st.keeper) if st.keeper else 'not running'}")
     for d, pid in st.daemons.items():
         print(f"devcluster: {d} {'pid ' + str(pid) if pid else 'not running'}")

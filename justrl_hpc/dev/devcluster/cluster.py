@@ -43,6 +43,7 @@ from justrl_hpc.dev.devcluster.procs import (
     _write_atomic,
 )
 from justrl_hpc.dev.devcluster.status import ClusterStatus, _status
+from justrl_hpc.dev.devcluster.strict import cgroup_conf, choose, missing_controllers
 
 
 def _stderr(line: str) -> None:
@@ -145,7 +146,7 @@ def _wait_up(layout: Layout, keeper: int, timeout_s: float, since: float, slurmd
 def _up_locked(layout: Layout, timeout_s: float, log: Log) -> ClusterStatus:
     t0 = time.monotonic()
     st = _status(layout)
-    if st.up and st.keeper:
+    if st.up and st.keeper and _conf_current(layout):
         if not st.etc_conf:
             _write_etc_conf(layout, layout.conf.read_text(), log)
         log(f"devcluster: already up, {_nodes_line(st)} (partition {PARTITION}, conf {layout.conf})")
@@ -156,14 +157,21 @@ def _up_locked(layout: Layout, timeout_s: float, log: Log) -> ClusterStatus:
     _prepare_dirs(layout)
     running = [d for d, p in st.daemons.items() if p]
     ctld_port, slurmd_port = _choose_ports(layout, starting=not running and not st.keeper)
-    text = render_conf(layout, ctld_port, slurmd_port)
+    confinement = choose(missing_controllers())
+    if not confinement.strict:
+        log(f"devcluster: WARNING: {confinement.line()}")
+    text = render_conf(layout, ctld_port, slurmd_port, confinement)
+    cgroups = cgroup_conf(confinement)
     old = layout.conf.read_text() if layout.conf.exists() else None
-    if old != text and (running or st.keeper):
+    old_cgroups = layout.cgroup_conf.read_text() if layout.cgroup_conf.exists() else None
+    changed = old != text or old_cgroups != cgroups
+    if changed and (running or st.keeper):
         log("devcluster: configuration changed; restarting the cluster")
         _down_locked(layout, log)
         st = _status(layout, query_slurm=False)
         running = []
-    if old != text:
+    if changed:
+        _write_atomic(layout.cgroup_conf, cgroups)
         _write_atomic(layout.conf, text)
     _write_etc_conf(layout, text, log)
     since = time.time()
@@ -191,11 +199,23 @@ def _up_locked(layout: Layout, timeout_s: float, log: Log) -> ClusterStatus:
     st = _wait_up(layout, keeper, timeout_s, since, slurmd_port)
     st.started_now = started_now
     log(
-        f"devcluster: {_nodes_line(st)} in {time.monotonic() - t0:.1f} s (partition {PARTITION}, conf {layout.conf})"
+        f"devcluster: {_nodes_line(st)} in {time.monotonic() - t0:.1f} s (partition {PARTITION}, conf {layout.conf}; "
+        f"{confinement.line()})"
     )
     if not st.etc_conf:
         log(f"devcluster: plain Slurm commands need SLURM_CONF={layout.conf}")
     return st
+
+
+def _conf_current(layout: Layout) -> bool:
+    """The running cluster's confs are what this package writes now (a cluster left up by an older checkout,
+    before cgroups, is restarted with the new ones)."""
+    ports = _choose_ports(layout, starting=False)
+    try:
+        return layout.conf.read_text() == render_conf(layout, *ports, choose(missing_controllers())) and \
+            layout.cgroup_conf.read_text() == cgroup_conf(choose(missing_controllers()))
+    except OSError:
+        return False
 
 
 def _nodes_line(st: ClusterStatus) -> str:

@@ -14,12 +14,17 @@ from pathlib import Path
 
 from justrl_hpc.dev.devcluster.layout import NODES, PARTITION, DevClusterError, Layout, Log, resolve_scratch
 from justrl_hpc.dev.devcluster.procs import _port_free, _recorded_pid, _write_atomic
+from justrl_hpc.dev.devcluster.strict import (
+    DEF_MEM_PER_NODE_MB,
+    NODE_MEMORY_MB,
+    Confinement,
+    slurm_conf_lines,
+)
 
 ETC_CONF = Path("/etc/slurm/slurm.conf")
 # The old package name on purpose: confs already on disk (/etc/slurm/slurm.conf included) carry it.
 MARKER = "# written by justrl_hpc.devcluster"
 CPUS_PER_NODE = 2
-REAL_MEMORY_MB = 4000
 DEFAULT_CTLD_PORT = 6817
 DEFAULT_SLURMD_PORT = 17001
 
@@ -28,8 +33,9 @@ def _hostname() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def render_conf(layout: Layout, ctld_port: int, slurmd_port: int) -> str:
-    """slurm.conf for the dev cluster: 4 nodes on this host, partition dev, no accounting, no cgroups."""
+def render_conf(layout: Layout, ctld_port: int, slurmd_port: int, confinement: Confinement) -> str:
+    """slurm.conf for the dev cluster: 4 nodes on this host, partition dev, no accounting, jobs confined by
+    cgroups as `confinement` says (strict.py)."""
     root = layout.root
     host = _hostname()
     last = slurmd_port + len(NODES) - 1
@@ -44,10 +50,9 @@ def render_conf(layout: Layout, ctld_port: int, slurmd_port: int) -> str:
         "CredType=cred/munge",
         # A private munge socket: the cluster neither needs nor disturbs a system munged.
         f"AuthInfo=socket={layout.socket}",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
+        *slurm_conf_lines(confinement),
         "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
+        "SelectTypeParameters=CR_Core_Memory",
         "SchedulerType=sched/backfill",
         "MpiDefault=none",
         f"StateSaveLocation={layout.state}",
@@ -67,8 +72,9 @@ def render_conf(layout: Layout, ctld_port: int, slurmd_port: int) -> str:
         "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none",
         "JobCompType=jobcomp/none",
+        f"DefMemPerNode={DEF_MEM_PER_NODE_MB}",
         f"NodeName=n[1-{len(NODES)}] NodeHostname={host} NodeAddr=127.0.0.1 Port=[{slurmd_port}-{last}] "
-        f"CPUs={CPUS_PER_NODE} RealMemory={REAL_MEMORY_MB} State=UNKNOWN",
+        f"CPUs={CPUS_PER_NODE} RealMemory={NODE_MEMORY_MB} State=UNKNOWN",
         f"PartitionName={PARTITION} Nodes=n[1-{len(NODES)}] Default=YES OverSubscribe=FORCE:4 "
         "MaxTime=INFINITE State=UP",
     ]

@@ -43,6 +43,10 @@ class Layout:
         return self.root / "slurm.conf"
 
     @property
+    def cgroup_conf(self) -> Path:
+        return self.root / "cgroup.conf"  # beside slurm.conf: where slurmd and slurmstepd look for it
+
+    @property
     def state(self) -> Path:
         return self.root / "state"
 

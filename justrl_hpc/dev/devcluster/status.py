@@ -10,6 +10,7 @@ from pathlib import Path
 from justrl_hpc.dev.devcluster.conf import _conf_ports, _etc_is_ours
 from justrl_hpc.dev.devcluster.layout import DAEMONS, NODES, PARTITION, Layout, resolve_scratch, slurm_env
 from justrl_hpc.dev.devcluster.procs import _recorded_pid
+from justrl_hpc.dev.devcluster.strict import Confinement, read
 
 # sinfo %T states of a node that can take jobs (no trailing `*`: that means "not responding").
 USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
@@ -28,6 +29,11 @@ class ClusterStatus:
     ctld_port: int | None = None
     etc_conf: bool = False  # /etc/slurm/slurm.conf is this cluster's, so plain Slurm commands reach it
     started_now: bool = False  # this `up` call started the cluster from nothing
+    confinement: Confinement | None = None  # how strictly jobs are confined, as the written confs say
+
+    @property
+    def strict(self) -> bool:
+        return self.confinement is not None and self.confinement.strict
 
     @property
     def up(self) -> bool:
@@ -40,6 +46,9 @@ class ClusterStatus:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["scratch"], d["conf"], d["up"] = str(self.scratch), str(self.conf), self.up
+        d["strict"] = self.strict
+        if self.confinement is not None:
+            d["confinement"]["line"] = self.confinement.line()
         return d
 
 
@@ -68,8 +77,12 @@ def _sinfo_nodes(layout: Layout) -> dict[str, str]:
 def _status(layout: Layout, query_slurm: bool = True) -> ClusterStatus:
     daemons = {d: _recorded_pid(layout.pidfile(d)) for d in DAEMONS}
     ports = None
+    confinement = None
     with contextlib.suppress(OSError):
-        ports = _conf_ports(layout.conf.read_text())
+        conf_text = layout.conf.read_text()
+        ports = _conf_ports(conf_text)
+        cgroup_text = layout.cgroup_conf.read_text() if layout.cgroup_conf.exists() else ""
+        confinement = read(conf_text, cgroup_text)
     nodes = _sinfo_nodes(layout) if query_slurm and daemons["slurmctld"] and daemons["munged"] else {}
     return ClusterStatus(
         scratch=layout.root,
@@ -79,6 +92,7 @@ def _status(layout: Layout, query_slurm: bool = True) -> ClusterStatus:
         keeper=_recorded_pid(layout.keeper_pidfile),
         ctld_port=ports[0] if ports else None,
         etc_conf=_etc_is_ours(layout),
+        confinement=confinement,
     )
 
 

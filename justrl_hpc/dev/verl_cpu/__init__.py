@@ -1,8 +1,13 @@
 """A CPU backend for verl 0.9.1, loaded by verl's own plugin mechanism (entry point group `verl.plugins`).
 
-verl imports this in every one of its processes (driver, TaskRunner, workers, rollout servers). On a host
-with CUDA it does nothing, so a GPU node that has the suite installed trains exactly as plain verl does.
-On a host without CUDA it registers, through verl's extension points and nothing else:
+verl imports this in every one of its processes (driver, TaskRunner, workers, rollout servers). It does
+nothing unless asked by JUSTRL_VERL_CPU=1, which the suite sets wherever verl runs on the CPU backend: in a
+chunk's environment when the recipe's device is cpu (jobs/train/submission.chunk_env; the raylets the chunk
+starts pass it to every Ray worker), in scripts/install.sh's import check and in the tests that run verl
+themselves. Not keyed on CUDA: a GPU node's CPU-only Ray actors (verl's TaskRunner, reward workers) see no CUDA
+either, and a backend that registered there would hand them a platform the GPU workers do not have. So a GPU
+node that has the suite installed trains exactly as plain verl does. Asked, it registers, through verl's
+extension points and nothing else:
 
 - a platform `cpu` (`platform.CPUPlatform`): device "cpu", gloo process groups, Ray's `GPU` resource
   (backed by the fake GPU counts the chunk gives `ray start --num-gpus`);
@@ -23,17 +28,14 @@ _ADAPTER = "justrl_hpc.dev.verl_cpu.rollout.HFServerAdapter"
 
 
 def active() -> bool:
-    """The backend applies where verl would find no accelerator (or where VERL_PLATFORM asks for it)."""
-    forced = os.environ.get("VERL_PLATFORM", "").strip().lower()
-    if forced:
-        return forced == "cpu"
-    import torch
+    """Whether the suite asked for the backend (JUSTRL_VERL_CPU=1): nothing else turns it on."""
+    from justrl_hpc.core.recipe import CPU_BACKEND_ENV
 
-    return not torch.cuda.is_available()
+    return os.environ.get(CPU_BACKEND_ENV, "").strip() == "1"
 
 
 def register() -> bool:
-    """Register the platform, engines and rollout with verl; returns whether it did (False on GPU hosts)."""
+    """Register the platform, engines and rollout with verl; returns whether it did (False unless asked)."""
     if not active():
         return False
     from verl.plugin.platform import PlatformRegistry

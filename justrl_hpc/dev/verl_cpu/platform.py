@@ -74,7 +74,8 @@ def _device_module() -> ModuleType:
 
 
 class CPUPlatform(PlatformBase):
-    """Picked by verl's auto-detection only where CUDA is absent (or with VERL_PLATFORM=cpu)."""
+    """Registered only when the suite asks (JUSTRL_VERL_CPU=1), and then verl's auto-detection picks it wherever
+    its CUDA probe finds no GPU (the probe comes first), or where VERL_PLATFORM=cpu says so."""
 
     _module = _device_module()
 
@@ -94,7 +95,9 @@ class CPUPlatform(PlatformBase):
         return True
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        return not torch.cuda.is_available()
+        # Asked for by the environment (it is registered only then); every process of the run agrees, where a
+        # CUDA check would differ between a GPU worker and a CPU-only actor on the same node.
+        return True
 
     def current_device(self) -> str:  # type: ignore[override]
         # verl passes this to .to(...) and FSDP's device arguments: "cpu" is what those accept.

@@ -307,7 +307,7 @@ class EvaluateJob(submitit.helpers.Checkpointable):
 
 def slurm_parameters(resolved: cfg.Resolved, source: ModelSource, settings: EvalSettings) -> dict[str, Any]:
     """The cluster's resources (core/slurm_resources.py, as a training chunk gets them) on one node."""
-    from justrl_hpc.core.slurm_resources import slurm_resources
+    from justrl_hpc.core.slurm_resources import SRUN_CPUS_LINE, slurm_resources
 
     params = slurm_resources(resolved.cluster, 1, resolved.time_limit_min)
     params["job_name"] = f"justrl-eval-{source.run_dir.name}-{source.label}"
@@ -315,6 +315,7 @@ def slurm_parameters(resolved: cfg.Resolved, source: ModelSource, settings: Eval
     # The checkout's code, not the run's snapshot: a run trained before this job existed has no evaluate/.
     env = {**resolved.cluster.env, "PYTHONPATH": str(cfg.PACKAGE_ROOT.parent)}
     params["setup"] = [
+        SRUN_CPUS_LINE,
         *resolved.cluster.setup,
         *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
     ]

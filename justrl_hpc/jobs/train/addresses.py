@@ -4,7 +4,7 @@
 a management network: the other nodes then never join and the chunk waits out `ray_wait_timeout_s`. Here the
 order is: the cluster file's `network_interface` (its IPv4 address, exported to NCCL and gloo too), else the
 hostname's address unless it is loopback, else the address this node would use to reach the head (ranks ≥ 1)
-or the one on its default route (rank 0). A multi-node chunk never uses a loopback address: it says so and
+or the one on its default route (rank 0), whose interface is then exported to NCCL and gloo as well. A multi-node chunk never uses a loopback address: it says so and
 names the setting instead.
 """
 
@@ -98,3 +98,26 @@ def node_address(interface: str = "", peer: str | None = None, nodes: int = 1) -
 def interface_env(interface: str) -> dict[str, str]:
     """What NCCL and torch's gloo need to use the same interface as Ray."""
     return {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface} if interface else {}
+
+
+def interface_of(ip: str) -> str | None:
+    """The interface that holds an IPv4 address, if any."""
+    for _, name in socket.if_nameindex():
+        try:
+            if interface_address(name) == ip:
+                return name
+        except AddressError:
+            continue
+    return None
+
+
+def address_env(interface: str, address: str | None, how: str | None) -> dict[str, str]:
+    """The interface env for NCCL and gloo: the cluster file's interface, else the one holding an address that
+    came from a route. verl makes its groups with `cpu:gloo,cuda:nccl`, and gloo binds to what the hostname
+    resolves to (127.0.1.1 on Debian's images) unless told an interface: Ray would join and the first
+    collective would hang."""
+    if interface:
+        return interface_env(interface)
+    if address and how and how.startswith(("route to", "default route")):
+        return interface_env(interface_of(address) or "")
+    return {}

@@ -20,8 +20,8 @@ from justrl_hpc.core import slurm, slurm_act
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.recipe import ChunkContext, trainer_command
 from justrl_hpc.core.run_folder import atomic_write, load
-from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster
-from justrl_hpc.jobs.train.addresses import AddressError, interface_env, node_address
+from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster, slurm_log
+from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.in_worker.deadline_hook import (
     CONTROL_ENV,
@@ -68,6 +68,7 @@ class Driver:
         self.stop_requested_at_step: int | None = None
         self.ended = False
         self.end_time = slurm.job_end_time(info.job_id)
+        self.chunk_started_at = time.time()
         self.successor: str | None = None  # the chained next chunk, on clusters that forbid requeue
 
     # -- ledger ---------------------------------------------------------------------------------------
@@ -135,16 +136,12 @@ class Driver:
             self.address_error: str | None = None
         except AddressError as exc:
             self.address, how, self.address_error = None, None, str(exc)
-        os.environ.update(interface_env(res.cluster.network_interface))  # Ray's workers and the trainer inherit it
-        self.event(
-            "started",
-            restart=info.restart,
-            nodes=info.nodes,
-            hosts=",".join(info.hostnames),
-            end_time=self.end_time,
-            address=self.address,
-            address_from=how,
-        )
+        os.environ.update(address_env(res.cluster.network_interface, self.address, how))  # Ray's workers inherit it
+        if lost := slurm_log.lost_chunk(self.ledger.read(), info.paths):  # how Slurm says the last one ended
+            self.ledger.append("chunk-lost", **lost)
+        self.slurm_marks = slurm_log.marks(info.paths, info.job_id)
+        self.event("started", restart=info.restart, nodes=info.nodes, hosts=",".join(info.hostnames),
+                   end_time=self.end_time, address=self.address, address_from=how)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         for request in (info.paths.stop, info.paths.save_now):
             request.unlink(missing_ok=True)
@@ -173,11 +170,13 @@ class Driver:
         """Every node's checks before Ray; None when all passed, else how the chunk ended."""
         info, res = self.info, self.resolved
         put_code_first(info.run_dir)
-        mine = preflight.on_this_node(res, info.run_dir, self.ledger, info.job_id, self.chunk, info.rank)
-        others = preflight.gather(info.control, info.job_id, info.restart, info.nodes, res.cluster.ray_wait_timeout_s)
-        reason = preflight.verdict([mine, *others], info.run_dir)
+        results = [preflight.on_this_node(res, info.run_dir, self.ledger, info.job_id, self.chunk, info.rank),
+                   *preflight.gather(info.control, info.job_id, info.restart, info.nodes, preflight.gather_timeout_s(res))]
+        reason = preflight.verdict(results, info.run_dir)
         if reason is None:
             return None
+        if preflight.transient(results):  # a cold node's slow first import: requeue, counted as no progress
+            return self._crashed("preflight", reason)
         # A bad node stays bad: requeueing onto it would fail again, so the chain stops and says why.
         self.event("failed", reason=reason)
         self.ended = True
@@ -264,12 +263,8 @@ class Driver:
                                       cwd=info.paths.logs)
         self.trainer_started_at = time.time()
         self.trainer.start()
-        self.event(
-            "trainer-started",
-            step=self.start_step,
-            pid=self.trainer.pid,
-            seconds_since_start=round(time.time() - t0, 1),
-        )
+        self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
+                   seconds_since_start=round(time.time() - t0, 1))
         return self._supervise()
 
     def _supervise(self) -> str:
@@ -363,14 +358,13 @@ class Driver:
                 self._follow()
                 return self._saved_since_stop()
             time.sleep(POLL_S)
-        return False
+        # Out of time: a verified save whose step is not logged yet is taken as it is (the next chunk sets it
+        # aside and retrains that step) rather than waiting into the reserve for its log line.
+        return bool(self._saves_after_stop())
 
     def _save_budget(self, grace_s: float | None = None) -> float:
-        left = (
-            (self.end_time - time.time() - 10)
-            if self.end_time
-            else float(self.resolved.cluster.signal_lead_s)
-        )
+        c = self.resolved.cluster
+        left = (self.end_time - time.time() - c.end_reserve_s) if self.end_time else float(c.signal_lead_s)
         if grace_s is not None:
             left = min(left, grace_s - 10)
         return max(left, 0.0)
@@ -403,7 +397,9 @@ class Driver:
         via = {"chained_to": self.successor} if self.successor else {}
         self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal", **via)
         self.ended = True
-        self._teardown()
+        # No teardown here: submitit issues `scontrol requeue` as this returns, then exits, and the teardown runs
+        # as run() unwinds. A teardown first left a window in which the limit's SIGTERM and SIGKILL ended the
+        # job TIMEOUT with nobody to requeue it; Slurm's own kill after the requeue only helps the teardown.
         self._hand_over()
         return True
 
@@ -433,6 +429,9 @@ class Driver:
         """
         if self.ended:
             return
+        # A SIGTERM during a stop for a requeue (the limit's, arriving before submitit's requeue): this handler
+        # exits, so the requeue submitit would have issued is issued here.
+        requeue = self.stop_reason is not None and self.stop_reason != "sigterm" and self.successor is None
         if self.trainer is not None and self.trainer.poll() is None:
             self.request_stop("sigterm")
             saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
@@ -440,6 +439,9 @@ class Driver:
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
         self.ended = True
+        if requeue and not self._reached_target():
+            self.event("requeued", step=self._last_saved(), reason=self.stop_reason, during="sigterm",
+                       ok=slurm_act.requeue(self.info.job_id))
         self._teardown()
         # A preemption with PreemptMode=REQUEUE brings the job back after Slurm's hold; release it early.
         self._hand_over()
@@ -519,7 +521,8 @@ class Driver:
     def _trainer_exited(self, code: int) -> str:
         assert self.trainer is not None
         reached = self._reached_target()
-        reason = classify_exit(code, reached, self.trainer.log_tail())
+        said = slurm_log.slurm_said(self.info.paths, self.info.job_id, self.slurm_marks)
+        reason = classify_exit(code, reached, self.trainer.log_tail(), said)
         if reason == "crashed-other" and self._checkpoint_disk_full():
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
         if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
@@ -543,25 +546,20 @@ class Driver:
         size = checkpoints.newest_size(ckpt_dir, self.resolved.recipe.world_size)
         return size > 0 and not checkpoints.disk_check(ckpt_dir, size)[0]
 
-    def _no_progress_streak(self) -> int:
-        """Chunks started since the last verified save (or since the last submission), this one included."""
-        streak = 0
-        for e in reversed(self.ledger.read()):
-            if e.get("event") in ("saved", "submitted"):
-                break
-            if e.get("event") == "started":
-                streak += 1
-        return streak
-
     def _give_up(self, reason: str, detail: str) -> bool:
-        """True (and a `failed` event) when too many chunks in a row ended without a new checkpoint."""
-        streak, cap = self._no_progress_streak(), self.resolved.run.max_no_progress_chunks
-        if streak < cap:
-            log(f"{reason}: {detail}; requeueing ({streak}/{cap} chunks without progress)")
+        """True (and a `failed` event) when the no-progress policy (progress_policy.py) stops the run."""
+        from justrl_hpc.jobs.train import progress_policy as policy
+
+        now, started = time.time(), self.trainer_started_at
+        this = policy.ChunkEnd(reason, self.logged_step is not None, now - self.chunk_started_at,
+                               None if started is None else now - started)
+        ends = [*policy.chunks_since_progress(self.ledger.read(), but=self.chunk), this]
+        cap, res = self.resolved.run.max_no_progress_chunks, self.resolved
+        why = policy.decide(ends, cap, res.time_limit_min * 60, res.cluster.signal_lead_s, detail)
+        if why is None:
+            log(f"{reason}: {detail}; requeueing ({sum(map(policy.counts, ends))}/{cap} chunks without progress)")
             return False
-        self.event("failed", step=self._last_saved(),
-                   reason=f"{streak} chunks in a row made no progress; last: {reason} ({detail}); "
-                   "resubmit with `python -m justrl_hpc.launch --resume RUN` after fixing it")
+        self.event("failed", step=self._last_saved(), reason=why)
         self.ended = True
         return True
 

@@ -18,7 +18,7 @@ from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.run_folder import load
 from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster
-from justrl_hpc.jobs.train.addresses import AddressError, interface_env, node_address
+from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.signals import _prctl_pdeathsig, ignore_limit_signal, shield_from_slurm_signals
 
@@ -129,7 +129,7 @@ def run_node(info: ChunkInfo) -> str:
                                         rank=info.rank, ok=False, failed=[f"address: {exc}"])
             return "no-address"
         log(f"rank {info.rank}: joining Ray at {head.address} as {ip} ({how})")
-        os.environ.update(interface_env(resolved.cluster.network_interface))
+        os.environ.update(address_env(resolved.cluster.network_interface, ip, how))
         cpus, gpus = ray_resources(resolved)
         own_ray = ray_cluster.join(
             head,

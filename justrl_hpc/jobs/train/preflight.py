@@ -3,11 +3,13 @@ costs one short allocation and one clear line instead of a crashed chunk, or a c
 
 Checks: the GPUs the cluster file promises (count, model) with the driver's and CUDA's versions; their health
 through the node agent's own NVML code (uncorrectable ECC, row remaps, the driver's recovery action, XIDs in
-the kernel log since boot); that no process holds a GPU (a leftover is named with its pid and command);
-room in /dev/shm and on the run folder's filesystem, and that this node can write the run folder; that the
-trainer's stack imports (torch with CUDA and NCCL, vLLM, the recipes' attention implementation; on the CPU
-backend torch, verl and the backend). Each node writes a `preflight` ledger event; a failure ends the chunk
-and the run says which node and check, and how to resubmit without it.
+the kernel log since the driver loaded or this run's previous preflight on the node); that no process holds a
+GPU (a leftover is named with its pid and command); the CPUs this node task may use; room in /dev/shm and on
+the run folder's filesystem, and that this node can write the run folder; a C compiler and Python.h where the
+recipe compiles; that the trainer's stack imports (torch with CUDA and NCCL, vLLM, the recipes' attention
+implementation; on the CPU backend torch, verl and the backend) and that the driver runs the CUDA it was built
+for. Each node writes a `preflight` ledger event; a failure ends the chunk and the run says which node and
+check, and how to resubmit without it; a failure another try may not meet (a slow first import) requeues it.
 """
 
 from __future__ import annotations
@@ -18,21 +20,29 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from justrl_hpc.core.config import Resolved
+from justrl_hpc.core.gpu_stack import FLASH_ATTN_INSTALL
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.recipe import CPU_ROLLOUT, timing_warnings
+from justrl_hpc.jobs.train import kernel_log
 from justrl_hpc.jobs.train.environment import node_name
 from justrl_hpc.monitor.schema import XID_CRITICAL
 
-IMPORT_TIMEOUT_S = 120.0
+# A first import of torch, vLLM, flash-attn and verl from a shared filesystem on a cold node can take minutes;
+# running out of it requeues the chunk (transient) rather than failing the run.
+IMPORT_TIMEOUT_S = 600.0
 PROBE_CACHE = Path("/tmp/justrl-preflight")
 SHM_ENV = "JUSTRL_SHM_DIR"  # where the node's shared memory is mounted, if not /dev/shm
-_XID = re.compile(r"NVRM: Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
+# flash-attn builds against the installed torch, so it goes in after torch, without build isolation
+# (core/gpu_stack.py holds the command). The oldest driver branch that runs each CUDA major (NVIDIA's CUDA toolkit release notes).
+DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Check:
     ok: bool
     detail: str
     warning: bool = False  # reported with the node's result; never fails it
+    transient: bool = False  # a failure another try may not meet (an import that outlasted the timeout)
 
 
 # -- GPUs ------------------------------------------------------------------------------------------------
@@ -55,46 +66,28 @@ def _command_of(pid: int) -> str:
         return "not visible from this node's namespace"
 
 
-def kernel_xids(kmsg: Path = Path("/dev/kmsg")) -> tuple[list[tuple[str, int]], str | None]:
-    """(PCI bus id, XID) pairs the kernel logged since boot, and why they could not be read (or None)."""
-    try:
-        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        return [], f"{kmsg}: {exc.strerror}"
-    chunks: list[bytes] = []
-    try:
-        while True:
-            try:
-                record = os.read(fd, 8192)
-            except BlockingIOError:
-                break  # the end of the ring buffer
-            except OSError:  # EPIPE: a record was overwritten while reading; the next read goes on
-                continue
-            if not record:
-                break
-            chunks.append(record)
-    finally:
-        os.close(fd)
-    return parse_xids(b"".join(chunks).decode(errors="replace")), None
-
-
-def parse_xids(text: str) -> list[tuple[str, int]]:
-    return [(m.group(1).lower(), int(m.group(2))) for m in _XID.finditer(text)]
-
-
 def _bus(pci: str) -> str:
     """bus:device, as both the kernel ("0000:07:00") and NVML ("00000000:07:00.0") spell a GPU's address."""
     return ":".join(pci.lower().split(":")[-2:]).split(".")[0]
 
 
-def check_gpus(resolved: Resolved, backend: Any) -> list[Check]:
-    c = resolved.cluster
+def read_gpus(backend: Any) -> tuple[Any, dict[str, Any]]:
+    """One reading and the inventory (driver, CUDA, who holds each GPU) from the node agent's backend."""
     backend.open()
     try:
-        reading = backend.sample()
-        inventory = backend.inventory()
+        return backend.sample(), backend.inventory()
     finally:
         backend.close()
+
+
+def check_gpus(resolved: Resolved, backend: Any, kernel: kernel_log.KernelXids | None = None) -> list[Check]:
+    return gpu_checks(resolved, *read_gpus(backend), kernel)
+
+
+def gpu_checks(resolved: Resolved, reading: Any, inventory: dict[str, Any],
+               kernel: kernel_log.KernelXids | None = None) -> list[Check]:
+    """`kernel`: the kernel log's XIDs still to judge (read from /dev/kmsg, counting since boot, if None)."""
+    c = resolved.cluster
     gpus = inventory.get("gpus") or []
     checks: list[Check] = []
     error = reading.nvml_error or inventory.get("nvml_error")
@@ -128,14 +121,16 @@ def check_gpus(resolved: Resolved, backend: Any) -> list[Check]:
             checks.append(Check("gpu-free", False, f"GPU {g.get('index')} is held by pid {p['pid']} "
                                 f"({_command_of(int(p['pid']))}{used})"))
     if gpus:
-        xids, why = kernel_xids()
-        bad = sorted({(bus.get(_bus(b), b), x) for b, x in xids if x in XID_CRITICAL}, key=str)
-        if why:
-            checks.append(Check("gpu-xid", True, f"kernel log not readable ({why}): XIDs since boot unknown",
+        kernel = kernel or kernel_log.kernel_xids()
+        bad = sorted({(bus.get(_bus(b), b), x) for b, x in kernel.xids if x in XID_CRITICAL}, key=str)
+        if kernel.error:
+            checks.append(Check("gpu-xid", True, f"kernel log not readable ({kernel.error}): recent XIDs unknown",
                                 warning=True))
         elif bad:
-            checks.append(Check("gpu-xid", False, "XIDs since boot that need a reset or reboot: "
+            checks.append(Check("gpu-xid", False, f"XIDs {kernel.since} that need a reset or reboot: "
                                 + ", ".join(f"GPU {g} XID {x}" for g, x in bad)))
+        else:
+            checks.append(Check("gpu-xid", True, f"no XID {kernel.since} that needs a reset or reboot"))
     if not any(not k.ok for k in checks) and gpus:
         checks.append(Check("gpu-health", True, f"{len(gpus)} GPUs free, no ECC, remap or recovery flag"))
     return checks
@@ -149,9 +144,24 @@ def gb_text(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e9:.4f} GB"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what Slurm's task/cgroup or task/affinity left it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpus_check(have: int, want: int) -> Check:
+    if have >= want:
+        return Check("cpus", True, f"this node task may use {have} CPUs (cluster.cpus_per_node: {want})")
+    # Slurm 22.05-23.02's srun does not inherit the batch step's --cpus-per-task: under task/cgroup every node
+    # task (raylet, FSDP workers, vLLM engines) then shares one CPU.
+    return Check("cpus", False, f"this node task may use {have} CPU{'s' if have != 1 else ''}, the cluster file "
+                 f"asks {want} (cluster.cpus_per_node): srun did not pass --cpus-per-task; export "
+                 "SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK in the job script (Slurm 22.05–23.02)")
+
+
 def check_host(resolved: Resolved, run_dir: Path) -> list[Check]:
     c = resolved.cluster
-    checks: list[Check] = []
+    checks: list[Check] = [cpus_check(usable_cpus(), c.cpus_per_node)]
     shm = Path(os.environ.get(SHM_ENV, "/dev/shm"))
     try:
         free = shutil.disk_usage(shm).free
@@ -175,6 +185,62 @@ def check_host(resolved: Resolved, run_dir: Path) -> list[Check]:
     return checks
 
 
+# -- a compiler, where the recipe compiles ---------------------------------------------------------------
+
+
+def compile_users(resolved: Resolved) -> list[str]:
+    """What compiles on the node by the recipe's settings (verl 0.9.1's and vLLM's defaults: both on)."""
+    r = resolved.recipe
+    settings = {**r.hyperparameters, **r.scale_down}
+    users = []
+    key = "actor_rollout_ref.actor.fsdp_config.use_torch_compile"  # the engine's torch.compile of the entropy
+    if settings.get(key, True):
+        users.append(f"verl's torch.compile ({key})")
+    key = "actor_rollout_ref.rollout.enforce_eager"
+    if settings.get("actor_rollout_ref.rollout.name", "vllm") == "vllm" and not settings.get(key, False):
+        users.append(f"vLLM's compiled graphs ({key}: false)")
+    return users
+
+
+def find_compiler(language: str, env: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """The compiler the build would run, and where it was looked for. As Triton looks for its C compiler
+    (its CUDA launcher is built at the first kernel): $CC as given, else gcc, else clang; as inductor looks for
+    its C++ one (CPU kernels): $CXX, else g++, else clang++."""
+    env = os.environ if env is None else env
+    var, names = ("CC", ("gcc", "clang")) if language == "c" else ("CXX", ("g++", "clang++"))
+    path = env.get("PATH", os.defpath)
+    if env.get(var):
+        return shutil.which(env[var], path=path), f"{var}={env[var]}"
+    found = next((w for n in names if (w := shutil.which(n, path=path))), None)
+    return found, f"{var} unset, no {' or '.join(names)} on PATH"
+
+
+_PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def python_include() -> Path:
+    """Where the compiled modules' Python.h is looked for (Triton's rule: the default scheme's include, Debian's
+    posix_local read as posix_prefix)."""
+    scheme = sysconfig.get_default_scheme()
+    return Path(sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"])
+
+
+def check_compiler(resolved: Resolved) -> list[Check]:
+    users = compile_users(resolved)
+    if not users:
+        return []
+    language = "c++" if resolved.recipe.device == "cpu" else "c"
+    compiler, where = find_compiler(language)
+    header = python_include() / "Python.h"
+    missing = [] if compiler else [f"no {language.upper()} compiler ({where})"]
+    missing += [] if header.is_file() else [f"no {header}"]
+    if not missing:
+        return [Check("compiler", True, f"{compiler}, {header}")]
+    return [Check("compiler", False, f"{' and '.join(missing)}; {' and '.join(users)} need them: install gcc and "
+                  f"the Python {_PY} headers (python{_PY}-dev or -devel) on the compute nodes, or load "
+                  "their modules in the cluster file's setup:")]
+
+
 # -- the trainer's stack ---------------------------------------------------------------------------------
 
 _PROBE = r"""
@@ -186,8 +252,10 @@ for name in sys.argv[1].split(","):
         out[name] = {"ok": True, "version": str(getattr(mod, "__version__", ""))}
     except BaseException as exc:  # an import that crashes is as bad as a missing one
         out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-if sys.argv[2] == "cuda" and out.get("torch", {}).get("ok"):
+if out.get("torch", {}).get("ok"):
     import torch
+    out["torch"]["cuda_build"] = torch.version.cuda  # None for a CPU build
+if sys.argv[2] == "cuda" and out.get("torch", {}).get("ok"):
     out["cuda"] = {"ok": torch.cuda.is_available(), "devices": torch.cuda.device_count(),
                    "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None}
 print(json.dumps(out))
@@ -208,13 +276,14 @@ def stack_modules(resolved: Resolved) -> tuple[list[str], bool]:
     return mods, True
 
 
-def install_key(mods: list[str], cuda: bool) -> str | None:
+def install_key(mods: list[str], cuda: bool, *also: object) -> str | None:
     """What the import probe's answer depends on, cheaply: the interpreter and where each module resolves
-    from (a module shadowed or reinstalled resolves elsewhere or has a new mtime). None if one is missing."""
+    from (a module shadowed or reinstalled resolves elsewhere or has a new mtime), and `also` (the driver's
+    versions). None if one is missing."""
     import hashlib
     import importlib.util
 
-    parts = [sys.executable, os.environ.get("PYTHONPATH", ""), str(cuda)]
+    parts = [sys.executable, os.environ.get("PYTHONPATH", ""), str(cuda), *map(str, also)]
     for name in mods:
         try:
             spec = importlib.util.find_spec(name)
@@ -230,18 +299,21 @@ def install_key(mods: list[str], cuda: bool) -> str | None:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def check_stack(resolved: Resolved, timeout_s: float = IMPORT_TIMEOUT_S, cache: Path | None = PROBE_CACHE) -> list[Check]:
+def check_stack(resolved: Resolved, timeout_s: float = IMPORT_TIMEOUT_S, cache: Path | None = PROBE_CACHE,
+                nvml: Mapping[str, Any] | None = None) -> list[Check]:
+    """`nvml`: the GPUs' inventory (its driver and CUDA versions), to check the stack's CUDA against."""
     mods, cuda = stack_modules(resolved)
-    key = install_key(mods, cuda)
-    # Importing torch, verl and vLLM takes seconds of CPU: a node whose install passed once, unchanged since,
-    # is not probed again (the cache is the node's own /tmp).
+    driver = (nvml.get("driver"), nvml.get("cuda")) if nvml is not None and cuda else None
+    key = install_key(mods, cuda, driver)
+    # Importing torch, verl and vLLM takes seconds of CPU: a node whose install and driver passed once,
+    # unchanged since, is not probed again (the cache is the node's own /tmp).
     hit = cache / f"{key}.json" if cache is not None and key else None
     if hit is not None and hit.is_file():
         try:
             return [Check(**c) for c in json.loads(hit.read_text())]
         except (OSError, ValueError, TypeError):
             pass
-    checks = _probe(resolved, mods, cuda, timeout_s)
+    checks = _probe(resolved, mods, cuda, timeout_s, driver)
     if hit is not None and all(k.ok for k in checks):
         try:
             hit.parent.mkdir(parents=True, exist_ok=True)
@@ -251,19 +323,63 @@ def check_stack(resolved: Resolved, timeout_s: float = IMPORT_TIMEOUT_S, cache: 
     return checks
 
 
-def _probe(resolved: Resolved, mods: list[str], cuda: bool, timeout_s: float) -> list[Check]:
+def cuda_version(text: object) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", str(text or ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def cuda_driver_check(driver_cuda: str | None, stack_cuda: str | None, *, driver: str | None = None,
+                      stack: str = "torch") -> Check:
+    """Can the driver (the CUDA version NVML says it runs) run the stack (the CUDA torch was built for)? Within
+    one major, CUDA's minor-version compatibility runs a newer runtime on an older driver; across majors not."""
+    have, need = cuda_version(driver_cuda), cuda_version(stack_cuda)
+    if need is None:
+        return Check("cuda-driver", False, f"{stack} is not a CUDA build (torch.version.cuda: {stack_cuda}): "
+                     "install the CUDA build verl's vllm extra pins")
+    if have is None:
+        return Check("cuda-driver", True, f"NVML does not say which CUDA the driver runs; {stack} is built for "
+                     f"CUDA {stack_cuda}: not compared", warning=True)
+    name = f"driver {driver}" if driver else "the driver"
+    if have[0] >= need[0]:
+        return Check("cuda-driver", True, f"{name} runs CUDA {driver_cuda}; {stack} is built for CUDA {stack_cuda}")
+    return Check("cuda-driver", False, f"{name} runs CUDA up to {driver_cuda}, {stack} is built for CUDA "
+                 f"{stack_cuda}: install an {DRIVER_FOR_CUDA.get(need[0], 'newer')}+ driver, the cuda-compat-"
+                 f"{need[0]}-{need[1]} package (forward compatibility, data-centre GPUs), or a cu{have[0]} build "
+                 "of torch and vLLM")
+
+
+def import_failures(got: Mapping[str, Any], mods: list[str]) -> str | None:
+    """The failed import line, naming how to install what has a known install step; None when all imported."""
+    missing = [m for m in mods if not got.get(m, {}).get("ok")]
+    if not missing:
+        return None
+    line = "cannot import " + "; ".join(f"{m} ({got.get(m, {}).get('error', 'not probed')})" for m in missing)
+    if "flash_attn" in missing:
+        line += f"; install flash-attn after torch: {FLASH_ATTN_INSTALL}"
+    return line
+
+
+def _probe(resolved: Resolved, mods: list[str], cuda: bool, timeout_s: float,
+           driver: tuple[Any, Any] | None = None) -> list[Check]:
     try:
         out = subprocess.run([sys.executable, "-c", _PROBE, ",".join(mods), "cuda" if cuda else "cpu"],
                              capture_output=True, text=True, timeout=timeout_s)
         got = json.loads(out.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
-        return [Check("imports", False, f"importing {', '.join(mods)} took over {timeout_s:.0f} s")]
+        return [Check("imports", False, f"importing {', '.join(mods)} took over {timeout_s:.0f} s (a cold shared "
+                      "filesystem? the next try reads it warm)", transient=True)]
     except (ValueError, IndexError):
         return [Check("imports", False, f"the import probe failed: {out.stderr.strip()[-300:]}")]
-    missing = [f"{m} ({got[m]['error']})" for m in mods if not got.get(m, {}).get("ok")]
-    checks = [Check("imports", not missing, "cannot import " + "; ".join(missing) if missing else
-                    ", ".join(f"{m} {got[m]['version']}".rstrip() for m in mods))]
-    if cuda and not missing:
+    torch = got.get("torch", {})
+    checks = []
+    if driver is not None and torch.get("ok"):
+        # First: a driver too old for the stack also breaks what imports or sees CUDA after it.
+        checks.append(cuda_driver_check(driver[1], torch.get("cuda_build"), driver=driver[0],
+                                        stack=f"torch {torch.get('version')}"))
+    failed = import_failures(got, mods)
+    checks.append(Check("imports", failed is None, failed or
+                        ", ".join(f"{m} {got[m]['version']}".rstrip() for m in mods)))
+    if cuda and failed is None:
         info = got.get("cuda", {})
         checks.append(Check("cuda", bool(info.get("ok")) and info.get("devices", 0) >= resolved.cluster.gpus_per_node,
                             f"torch sees {info.get('devices')} CUDA devices, NCCL {info.get('nccl')}"))
@@ -280,8 +396,12 @@ def backend_for(spec: str) -> Any:
     return make_backend(spec)
 
 
-def run_checks(resolved: Resolved, run_dir: Path, backend: Any) -> list[Check]:
-    checks = check_host(resolved, run_dir) + check_gpus(resolved, backend) + check_stack(resolved)
+def run_checks(resolved: Resolved, run_dir: Path, backend: Any,
+               kernel: kernel_log.KernelXids | None = None) -> list[Check]:
+    reading, inventory = read_gpus(backend)
+    checks = check_host(resolved, run_dir) + gpu_checks(resolved, reading, inventory, kernel)
+    checks += check_stack(resolved, nvml=inventory if resolved.cluster.gpus_per_node else None)
+    checks += check_compiler(resolved)  # after the stack: a driver too old for it is the first thing to fix
     checks += [Check("timing", True, w, warning=True) for w in timing_warnings(resolved)]
     return checks
 
@@ -292,6 +412,8 @@ def summary(checks: list[Check], seconds: float) -> dict[str, Any]:
         "node": node_name(),
         "ok": not failed,
         "failed": [f"{k.name}: {k.detail}" for k in failed],
+        # Every failure here may pass on another try: the chunk is requeued, not the run failed.
+        "transient": bool(failed) and all(k.transient for k in failed),
         "warnings": [f"{k.name}: {k.detail}" for k in checks if k.warning],
         "passed": [k.name for k in checks if k.ok and not k.warning],
         "seconds": round(seconds, 2),
@@ -307,6 +429,12 @@ def publish(control: Path, job_id: str, restart: int, rank: int, result: dict[st
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)
+
+
+def gather_timeout_s(resolved: Resolved) -> float:
+    """How long rank 0 waits for the other nodes' results: long enough that a node whose import probe runs to
+    IMPORT_TIMEOUT_S still reports (its transient failure requeues the chunk instead of going unheard)."""
+    return max(float(resolved.cluster.ray_wait_timeout_s), IMPORT_TIMEOUT_S + 120.0)
 
 
 def gather(control: Path, job_id: str, restart: int, nodes: int, timeout_s: float) -> list[dict[str, Any]]:
@@ -328,25 +456,46 @@ def gather(control: Path, job_id: str, restart: int, nodes: int, timeout_s: floa
 
 
 def on_this_node(resolved: Resolved, run_dir: Path, ledger: Any, job_id: str, chunk: int | None, rank: int) -> dict[str, Any]:
-    """Run every check, write this node's `preflight` event, and return its summary."""
+    """Run every check, write this node's `preflight` event (with the CPUs it may use and the kernel log's
+    mark for the next chunk's XID check), and return its summary."""
     t0 = time.monotonic()
+    node, boot = node_name(), kernel_log.boot_id()
+    mark = kernel = None
     try:
-        checks = run_checks(resolved, run_dir, backend_for(resolved.cluster.nvml_backend))
+        mark = kernel_log.previous_mark(ledger.read(), node, boot)
+        kernel = kernel_log.kernel_xids(mark=mark)
+        checks = run_checks(resolved, run_dir, backend_for(resolved.cluster.nvml_backend), kernel)
     except Exception as exc:  # a check that crashes must not read as a healthy node
         checks = [Check("preflight", False, f"the preflight itself failed: {type(exc).__name__}: {exc}")]
     result = summary(checks, time.monotonic() - t0)
+    # The mark moves only past XIDs this preflight judged (not when NVML saw no GPU to judge them for).
+    judged = kernel is not None and any(k.name == "gpu-xid" and not k.warning for k in checks)
+    seq = kernel.last_seq if judged and kernel is not None else mark
     ledger.append("preflight", job_id=job_id, chunk=chunk, node=result["node"], rank=rank, ok=result["ok"],
-                  failed=result["failed"] or None, warnings=result["warnings"] or None,
-                  passed=",".join(result["passed"]), seconds=result["seconds"])
+                  failed=result["failed"] or None, transient=result["transient"] or None,
+                  warnings=result["warnings"] or None, passed=",".join(result["passed"]), seconds=result["seconds"],
+                  cpus=usable_cpus(), kmsg_boot=boot if seq is not None else None, kmsg_seq=seq)
     return result
 
 
+def transient(results: list[dict[str, Any]]) -> bool:
+    """True when a node failed and every failed node's failures may pass on another try (an import that
+    outlasted IMPORT_TIMEOUT_S): the driver requeues the chunk, counted as one without progress, instead of
+    failing the run."""
+    bad = [r for r in results if not r["ok"]]
+    return bool(bad) and all(r.get("transient") for r in bad)
+
+
 def verdict(results: list[dict[str, Any]], run_dir: Path) -> str | None:
-    """None when every node passed; else the failed event's reason: which nodes, the first failed check,
-    and the resubmission that leaves them out."""
+    """None when every node passed; else the reason: which nodes, the first failed check, and the resubmission
+    that leaves them out (when transient(results), the reason the chunk is requeued for)."""
     bad = [r for r in results if not r["ok"]]
     if not bad:
         return None
+    if transient(results):
+        nodes = ",".join(sorted({r["node"] for r in bad}))
+        return f"preflight on {nodes} may pass on another try: {bad[0]['failed'][0]}"
+    bad = [r for r in bad if not r.get("transient")]  # a node that was only slow is no node to leave out
     nodes = ",".join(sorted({r["node"] for r in bad}))
     if len(bad) == len(results) > 1:
         # Every node: the install or the cluster file, not a node; leaving them all out is no advice.

@@ -14,7 +14,8 @@ from typing import Any
 
 from justrl_hpc.core.config import Resolved
 from justrl_hpc.core.paths import RunPaths
-from justrl_hpc.core.slurm_resources import slurm_resources
+from justrl_hpc.core.recipe import CPU_BACKEND_ENV
+from justrl_hpc.core.slurm_resources import SRUN_CPUS_LINE, slurm_resources
 
 
 class _Attribute:
@@ -72,13 +73,18 @@ def chunk_env(resolved: Resolved, run_dir: Path) -> dict[str, str]:
             "JUSTRL_CONTROL_DIR": str(RunPaths(run_dir).control),
         }
     )
+    if resolved.recipe.device == "cpu":
+        # verl's CPU backend registers only when asked; the trainer gets it from this environment, and every Ray
+        # worker from the raylets the chunk starts with it. A GPU recipe never asks: its CPU-only actors see no
+        # CUDA either, and must not get a CPU platform for it.
+        env[CPU_BACKEND_ENV] = "1"
     return env
 
 
 def setup_lines(resolved: Resolved, run_dir: Path) -> list[str]:
     # A SIGTERM-only preemption signals the batch shell too; if it died, Slurm would end the job at once and
     # the chunk could not save within the grace. Slurm's SIGKILL after the grace still ends everything.
-    lines = ["trap '' TERM", *resolved.cluster.setup]
+    lines = ["trap '' TERM", SRUN_CPUS_LINE, *resolved.cluster.setup]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(chunk_env(resolved, run_dir).items())]
     return lines
 

@@ -21,9 +21,24 @@ from justrl_hpc.jobs.train.signals import shield_from_slurm_signals
 STEP_LINE = re.compile(r"\bstep:(\d+) - .*\btiming_s/step:")
 TRACKER = "latest_checkpointed_iteration.txt"
 
-# Crash classes from the tail of the log; the first match wins.
+# Slurm's own words for what it did to a step, as slurmstepd and srun write them to the job's stderr files
+# (jobs/train/slurm_log.py reads them there): the cgroup OOM killer's count (cgroup v1 `oom-kill event(s) in
+# StepId=J.S cgroup`, v2 `oom_kill event in StepId=J.S`, often with no `srun: … Out Of Memory` line beside it),
+# the memory enforcer's kill, and a lost node (`srun: error: Node failure on n3`, `*** JOB J ON n1 CANCELLED AT
+# … DUE TO NODE FAILURE …`). Definite statements, so they come first: what they cause (Ray actors dying, NCCL
+# timeouts on the ranks left) would otherwise be read as the cause.
+SLURM_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "crashed-oom",
+        re.compile(r"Detected \d+ oom[-_]kill events?\b|: task \d+: Out Of Memory|exceeded memory limit .*being killed"),
+    ),
+    ("crashed-node", re.compile(r"\bNode failure on \S|\bCANCELLED AT \S+ DUE TO NODE FAILURE\b")),
+]
+
+# Crash classes from the tail of the log (and Slurm's lines); the first match wins.
 CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    # First: a full filesystem also kills Ray actors, whose death messages would otherwise read as a node crash.
+    *SLURM_PATTERNS,
+    # Before Ray's messages: a full filesystem also kills Ray actors, whose deaths would read as a node crash.
     ("crashed-disk", re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]")),
     # Definite statements only: Ray's worker- and raylet-death messages list "SIGKILL by the OOM killer" among
     # *possible* causes, so a bare "OOM killer" would read every lost node as an OOM.
@@ -150,12 +165,15 @@ class TrainerProcess:
             return ""
 
 
-def classify_exit(code: int | None, reached_target: bool, log_tail: str) -> str:
-    """finished only when the target step was reached; a clean exit without it is a failure too."""
+def classify_exit(code: int | None, reached_target: bool, log_tail: str, slurm_said: str = "") -> str:
+    """finished only when the target step was reached; a clean exit without it is a failure too.
+
+    `log_tail`: the trainer's log; `slurm_said`: Slurm's lines about this job (slurm_log.slurm_said), which
+    are never in the trainer's log."""
     if code == 0 and reached_target:
         return "finished"
     for reason, pattern in CRASH_PATTERNS:
-        if pattern.search(log_tail):
+        if pattern.search(slurm_said) or pattern.search(log_tail):
             return reason
     if code == 0:
         return "exited-early"

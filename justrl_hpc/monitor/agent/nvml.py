@@ -3,8 +3,11 @@ replay.py).
 
 A reading is a list of per-GPU dicts keyed by dcgm-exporter field names (DCGM_FI_DEV_GPU_TEMP, …) so a site
 that already scrapes dcgm-exporter can compare numbers, plus the XID events seen since the last reading and
-the NVML error, if any. A field the GPU or driver does not support is None (n/a), never a crash; NVML itself
-failing (no driver, GPU lost) is reported inside the reading, because a blind agent must not look healthy.
+the NVML error, if any. A field the GPU or driver does not support is None (n/a), never a crash, and so is one
+an older nvidia-ml-py has no function or constant for (11.525 lacks nvmlDeviceGetTemperatureV,
+nvmlDeviceGetCurrentClocksEventReasons, NVML_FI_DEV_GET_GPU_RECOVERY_ACTION and NVML_VALUE_TYPE_UNSIGNED_SHORT);
+NVML itself failing (no driver, GPU lost) is reported inside the reading, because a blind agent must not look
+healthy.
 
 Units follow DCGM: memory in MiB, power in W, clocks in MHz, temperatures in °C, violation and slowdown
 counters in µs (cumulative), energy in mJ. Keys DCGM has no name for use the NVML field name
@@ -230,12 +233,12 @@ class NvmlBackend:
         out["pci_bus_id"] = _call(nv, lambda: _text(nv.nvmlDeviceGetPciInfo(h).busId))
         # Thresholds come from the part itself (A800, H100 and H200 differ); never hard-coded.
         for key, which in (
-            ("DCGM_FI_DEV_SLOWDOWN_TEMP", nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
-            ("DCGM_FI_DEV_SHUTDOWN_TEMP", nv.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
-            ("DCGM_FI_DEV_GPU_MAX_OP_TEMP", nv.NVML_TEMPERATURE_THRESHOLD_GPU_MAX),
-            ("DCGM_FI_DEV_MEM_MAX_OP_TEMP", nv.NVML_TEMPERATURE_THRESHOLD_MEM_MAX),
+            ("DCGM_FI_DEV_SLOWDOWN_TEMP", "NVML_TEMPERATURE_THRESHOLD_SLOWDOWN"),
+            ("DCGM_FI_DEV_SHUTDOWN_TEMP", "NVML_TEMPERATURE_THRESHOLD_SHUTDOWN"),
+            ("DCGM_FI_DEV_GPU_MAX_OP_TEMP", "NVML_TEMPERATURE_THRESHOLD_GPU_MAX"),
+            ("DCGM_FI_DEV_MEM_MAX_OP_TEMP", "NVML_TEMPERATURE_THRESHOLD_MEM_MAX"),
         ):
-            out[key] = _call(nv, lambda w=which: nv.nvmlDeviceGetTemperatureThreshold(h, w))
+            out[key] = _call(nv, lambda w=which: nv.nvmlDeviceGetTemperatureThreshold(h, getattr(nv, w)))
         out["DCGM_FI_DEV_PCIE_MAX_LINK_GEN"] = _call(nv, lambda: nv.nvmlDeviceGetMaxPcieLinkGeneration(h))
         out["DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH"] = _call(nv, lambda: nv.nvmlDeviceGetMaxPcieLinkWidth(h))
         links: list[int] = []
@@ -277,9 +280,10 @@ class NvmlBackend:
 
     def _xid_loop(self) -> None:
         nv = self._pynvml
+        wait = getattr(nv, "nvmlEventSetWait_v2", None) or nv.nvmlEventSetWait  # the older bindings' name
         while not self._stop.is_set():
             try:
-                data = nv.nvmlEventSetWait_v2(self._event_set, 1000)
+                data = wait(self._event_set, 1000)
             except nv.NVMLError_Timeout:
                 continue
             except nv.NVMLError as exc:
@@ -335,7 +339,10 @@ class NvmlBackend:
         if self._init_error is not None:
             return {"driver": None, "cuda": None, "gpus": [], "nvml_error": dict(self._init_error)}
         nv = self._pynvml
-        cuda = _call(nv, nv.nvmlSystemGetCudaDriverVersion_v2) or _call(nv, nv.nvmlSystemGetCudaDriverVersion)
+        # _v2 asks the libcuda this process would load (a cuda-compat one on LD_LIBRARY_PATH counts).
+        cuda = _call(nv, lambda: nv.nvmlSystemGetCudaDriverVersion_v2()) or _call(
+            nv, lambda: nv.nvmlSystemGetCudaDriverVersion()
+        )
         out: dict[str, Any] = {
             "driver": _call(nv, lambda: _text(nv.nvmlSystemGetDriverVersion())),
             "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
@@ -344,8 +351,8 @@ class NvmlBackend:
         recovery_field = getattr(nv, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", None)
         for i, h in enumerate(self._handles):
             procs: list[dict[str, Any]] = []
-            for fn in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
-                for proc in _call(nv, lambda f=fn, h=h: f(h)) or []:
+            for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                for proc in _call(nv, lambda f=fn, h=h: getattr(nv, f)(h)) or []:
                     used = getattr(proc, "usedGpuMemory", None)
                     procs.append({"pid": int(proc.pid), "used_mib": used // 2**20 if isinstance(used, int) else None})
             action = None
@@ -419,29 +426,33 @@ def _text(value: Any) -> str:
 def _gpu_temperature(nv: Any, h: Any) -> int:
     try:
         return int(nv.nvmlDeviceGetTemperatureV(h, nv.NVML_TEMPERATURE_GPU))
-    except (nv.NVMLError_FunctionNotFound, nv.NVMLError_NotSupported):
+    except (nv.NVMLError_FunctionNotFound, nv.NVMLError_NotSupported, AttributeError):  # older driver/binding
         return int(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
 
 
 def _clock_reasons(nv: Any, h: Any) -> int:
     try:
         return int(nv.nvmlDeviceGetCurrentClocksEventReasons(h))
-    except nv.NVMLError_FunctionNotFound:
+    except (nv.NVMLError_FunctionNotFound, AttributeError):  # older driver/binding: the name before 12.535
         return int(nv.nvmlDeviceGetCurrentClocksThrottleReasons(h))
 
 
+# NVML's value types → the member of the value union that holds each (the later ones absent in older bindings).
+_VALUE_MEMBERS = (
+    ("NVML_VALUE_TYPE_DOUBLE", "dVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_INT", "uiVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG", "ulVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", "ullVal"),
+    ("NVML_VALUE_TYPE_SIGNED_LONG_LONG", "sllVal"),
+    ("NVML_VALUE_TYPE_SIGNED_INT", "siVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_SHORT", "usVal"),
+)
+
+
 def _field_value(nv: Any, fv: Any) -> float | int | None:
-    kinds = {
-        nv.NVML_VALUE_TYPE_DOUBLE: "dVal",
-        nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-        nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-    }
+    kinds = {getattr(nv, name): member for name, member in _VALUE_MEMBERS if hasattr(nv, name)}
     member = kinds.get(int(fv.valueType))
-    return None if member is None else getattr(fv.value, member)
+    return None if member is None else getattr(fv.value, member, None)
 
 
 def _call(nv: Any, fn: Callable[[], Any], *, lost_raises: bool = False, quiet: bool = False) -> Any:
@@ -449,6 +460,8 @@ def _call(nv: Any, fn: Callable[[], Any], *, lost_raises: bool = False, quiet: b
     try:
         return fn()
     except (nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound):
+        return None
+    except AttributeError:  # a function or constant this nvidia-ml-py predates: n/a, like one the driver lacks
         return None
     except nv.NVMLError_GpuIsLost as exc:
         if lost_raises:

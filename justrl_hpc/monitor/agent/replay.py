@@ -26,7 +26,11 @@ class Recorder:
     fields that changed since the previous line (counters and thresholds rarely do), so a recording of
     eight GPUs stays small enough for a test fixture."""
 
-    def __init__(self, path: Path, *, interval: float, source: str, host: str) -> None:
+    def __init__(
+        self, path: Path, *, interval: float, source: str, host: str, inventory: dict[str, Any] | None = None
+    ) -> None:
+        """`inventory`: the backend's (driver and CUDA versions, who holds each GPU), which ReplayBackend
+        answers inventory() with, so the preflight's driver checks replay too."""
         self.path = path
         self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self._prev: dict[int, dict[str, Any]] = {}
@@ -39,6 +43,8 @@ class Recorder:
             "host": host,
             "recorded_at": time.time(),
         }
+        if inventory is not None:
+            header["inventory"] = inventory
         self._write(header)
 
     def record(self, reading: Reading, now: float) -> None:

@@ -278,7 +278,7 @@ def record(path: Path, *, interval: float, count: int | None, stop: threading.Ev
             f"NVML is not usable here ({sample.nvml_error['message']}); run --record on a GPU node",
             "--record",
         )
-    rec = replay.Recorder(path, interval=interval, source="nvml", host=default_host())
+    rec = replay.Recorder(path, interval=interval, source="nvml", host=default_host(), inventory=backend.inventory())
     n = 0
     try:
         while not stop.is_set() and (count is None or n < count):
