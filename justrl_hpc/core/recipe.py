@@ -116,9 +116,30 @@ SCALE_DOWN: dict[str, Hyper] = {
     "reward.num_workers": Hyper(int, 8, "8 reward processes on 2 cores"),
 }
 
+# verl's overlong-prompt filter (RLHFDataset) tokenizes every training row, the chat template applied to its
+# prompt, at each chunk's start unless HF datasets' cache of an earlier chunk is at hand; ppo_trainer.yaml's
+# 1 process makes that ~5-14 min over the 1.79 M-row DAPO parquet (2,200-5,800 rows/s, measured with the
+# rehearsal's tokenizer). The suite raises the count rather than filtering once in prepare-data and turning
+# verl's filter off: that would rest on a guess that a parquet was filtered for this model's tokenizer and
+# chat template (the two real recipes share one parquet, not one template) and this max_prompt_length, and a
+# wrong guess is an overlong prompt inside a days-long run. More processes keep verl's own check on each run's
+# actual data and the same rows in the same order (contiguous shards, concatenated), and leave the published
+# filter_overlong_prompts=True and the recipe fingerprint (the resume guard) as they are. The count belongs to
+# the nodes, not the recipe: a quarter of the CPUs the job asked for (cluster.cpus_per_node), verl's own rule
+# when the key is unset (os.cpu_count() // 4, which counts the whole machine). The driver's node is idle then
+# (main_ppo builds the datasets before it starts the workers): 24 on the published 96-CPU nodes; 1 on the
+# rehearsal's 2, where a second process saved nothing on its 688 rows.
+FILTER_WORKERS_KEY = "data.filter_overlong_prompts_workers"
+
+
+def filter_workers(cpus_per_node: int) -> int:
+    return max(1, cpus_per_node // 4)
+
+
 # Keys the suite sets itself, per run and per chunk; a recipe may not set them.
 SUITE_OWNED = (
     "trainer.",
+    FILTER_WORKERS_KEY,
     "data.train_files",
     "data.val_files",
     "actor_rollout_ref.model.path",
@@ -131,6 +152,9 @@ SUITE_OWNED = (
 def validate(recipe: RecipeConfig) -> None:
     for key, value in recipe.hyperparameters.items():
         where = f"recipe.hyperparameters.{key}"
+        if key == FILTER_WORKERS_KEY:
+            raise UserError("is set by the suite from the nodes' CPUs (a quarter of cluster.cpus_per_node); "
+                            "change cluster.cpus_per_node instead", where)
         if key.startswith(SUITE_OWNED):
             raise UserError("is set by the suite (run identity, checkpoints, steps), not by a recipe", where)
         spec = HYPERPARAMETERS.get(key)
@@ -210,6 +234,7 @@ def overrides(resolved: Resolved, run_dir: Path, chunk: ChunkContext | None = No
     code = RunPaths(run_dir).code
     out: list[str] = [f"{k}={fmt(v)}" for k, v in recipe.hyperparameters.items()]
     out += [
+        f"{FILTER_WORKERS_KEY}={filter_workers(resolved.cluster.cpus_per_node)}",
         f"data.train_files={fmt(recipe.train_files)}",
         f"data.val_files={fmt(recipe.val_files)}",
         f"actor_rollout_ref.model.path={fmt(recipe.model_path)}",

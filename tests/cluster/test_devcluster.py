@@ -331,3 +331,60 @@ def test_lease_downs_only_for_the_last_holder(devcluster, private_scratch):
     with dc.lease(private_scratch, log=quiet):
         pass
     assert status(private_scratch).up
+
+
+CONFINED = r"""#!/bin/bash
+# Where each node's task lives, what its job may use, and a process that leaves its parent (as Ray's agents do
+# when their raylet dies): reparented to init, it is out of reach of tracking by descent. ($0 is Slurm's copy
+# of the script in its spool: the files go beside the original, named by $1.)
+set -- "$1"
+srun bash -c '(echo "$SLURMD_NODENAME"; grep -E ":(memory|freezer|cpuset):" /proc/self/cgroup) > "$0.cg.$SLURM_PROCID"; \
+  d=$(grep ":memory:" /proc/self/cgroup | cut -d: -f3 | sed "s|/step_.*||"); \
+  cat "/sys/fs/cgroup/memory$d/memory.limit_in_bytes" > "$0.mem.$SLURM_PROCID"' "$1"
+srun -N 1 -n 1 --mem=300M python3 -c "
+x = bytearray(600 * 1024 ** 2)
+for i in range(0, len(x), 4096): x[i] = 1
+"
+setsid sh -c 'sleep 600 >/dev/null 2>&1 & echo $! > "$0.orphan"' "$1"
+sleep 600
+"""
+
+
+def test_jobs_are_confined_and_slurm_reaches_every_process(devcluster, tmp_path):
+    """The strict dev cluster: each node's task in its job's cgroup, the job's --mem enforced by the cgroup
+    OOM killer (in Slurm's own words), and a process reparented to init ended with the job at a cancel
+    (under tracking by descent it outlived the job, as Ray's agents did on 2026-12-06)."""
+    from justrl_hpc.jobs.train.trainer_process import classify_exit
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    data = json.loads(subprocess.run([sys.executable, "-m", "justrl_hpc.dev.devcluster.cli", "status", "--json"],
+                                     capture_output=True, text=True, env=env, timeout=60, check=True).stdout)
+    assert data["strict"] and data["confinement"]["line"].startswith("strict: proctrack/cgroup"), data
+    script = tmp_path / "confined.sh"
+    script.write_text(CONFINED)
+    script.chmod(0o755)
+    job = slurm("sbatch", "--parsable", f"--output={script}.out", "-N", "2", "--mem=1G", *SUITE_OPTIONS, str(script),
+                str(script)).strip()
+    try:
+        orphan_file = Path(f"{script}.orphan")
+        wait_for("the orphan's pid", orphan_file.exists, 90)
+        time.sleep(0.2)
+        orphan = int(orphan_file.read_text())
+        assert Path(f"/proc/{orphan}/stat").read_text().split()[3] != str(os.getpid())
+        nodes = set()
+        for rank in (0, 1):
+            node, *cg = Path(f"{script}.cg.{rank}").read_text().splitlines()
+            nodes.add(node)
+            for ctrl in ("memory", "freezer", "cpuset"):
+                assert any(f":{ctrl}:/slurm_{node}/uid_0/job_{job}/step_0" in line for line in cg), cg
+            assert int(Path(f"{script}.mem.{rank}").read_text()) == 1024 ** 3  # --mem=1G, per node
+        assert len(nodes) == 2
+        out = wait_for("Slurm's OOM line", lambda: "oom-kill" in Path(f"{script}.out").read_text()
+                       and Path(f"{script}.out").read_text(), 60)
+        assert classify_exit(1, False, "", str(out)) == "crashed-oom", out
+        slurm("scancel", job)
+        wait_for("the job to end", lambda: job_fields(job).get("JobState") in ("CANCELLED", "COMPLETED"), 60)
+        wait_for("the orphan to be gone", lambda: not Path(f"/proc/{orphan}").exists()
+                 or Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, check=False)

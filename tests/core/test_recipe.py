@@ -72,6 +72,8 @@ def test_suite_owned_values_reach_verl(composed, deepseek):
     )
     assert sel("ray_kwargs.ray_init.num_cpus") is None  # attaching to the chunk's Ray cluster
     assert sel("actor_rollout_ref.model.path") == deepseek.recipe.model_path
+    assert sel("data.filter_overlong_prompts_workers") == 24  # a quarter of the a800 nodes' 96 CPUs
+    assert sel("data.filter_overlong_prompts") is True  # verl's own check stays on (the published value)
 
 
 def test_first_chunk_validates_and_later_ones_do_not(deepseek):
@@ -124,6 +126,8 @@ REHEARSAL_SIZES = {
     "actor_rollout_ref.model.path", "data.train_files", "data.val_files", "trainer.nnodes",
     "trainer.n_gpus_per_node", "trainer.total_training_steps", "trainer.save_freq", "trainer.test_freq",
     "trainer.experiment_name", "trainer.esi_redundant_time",
+    # The nodes' CPUs (cluster.cpus_per_node), not the recipe: 1 on the dev cluster, 24 on the a800 one.
+    "data.filter_overlong_prompts_workers",
 }
 
 
@@ -147,6 +151,72 @@ def test_the_rehearsal_is_the_real_recipe_scaled_down_and_nothing_else(real):
         assert ours[key] == theirs[key], key
 
 
+@pytest.mark.parametrize(
+    ("recipe", "cluster", "sets", "workers"),
+    [
+        ("justrl-deepseek-1.5b", "a800-4x8", [], 24),
+        ("justrl-nemotron-1.5b", "a800-4x8", [], 24),
+        ("justrl-deepseek-1.5b", "a800-4x8", ["cluster.cpus_per_node=64"], 16),
+        ("justrl-deepseek-1.5b", "a800-4x8", ["cluster.cpus_per_node=3"], 1),
+        ("rehearsal", "dev", [], 1),
+    ],
+)
+def test_the_prompt_filter_gets_a_quarter_of_the_nodes_cpus(recipe, cluster, sets, workers):
+    """verl's filter tokenizes every training row at a chunk's start; its process count follows the nodes'
+    CPUs and leaves the recipe (its fingerprint, the resume guard) as it was."""
+    resolved = resolve(recipe, cluster, sets)
+    assert _command_map_of(resolved)["data.filter_overlong_prompts_workers"] == str(workers)
+    assert resolved.recipe.fingerprint() == resolve(recipe, cluster).recipe.fingerprint()
+
+
+def _command_map_of(resolved) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in overrides(resolved, RUN))
+
+
+def test_a_recipe_cannot_set_the_filter_workers_one_line_names_the_cluster_field():
+    from justrl_hpc.core.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        resolve("justrl-deepseek-1.5b", "a800-4x8", ["recipe.hyperparameters.data.filter_overlong_prompts_workers=8"])
+    assert err.value.field == "recipe.hyperparameters.data.filter_overlong_prompts_workers"
+    assert "cluster.cpus_per_node" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_more_filter_workers_keep_the_same_rows_in_the_same_order(tmp_path, monkeypatch):
+    """verl's own RLHFDataset (filter_overlong_prompts=True) on a small parquet: 1 and 2 workers keep exactly the
+    prompts within max_prompt_length, in order; why the count may change without changing the run."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from justrl_hpc.dev.toy.tiny_model import build_tokenizer
+
+    # Short prompts are ~20 tokens with the chat template; long ones are hundreds (digits are one token each).
+    contents = [f"What is {i}?" if i % 3 else f"Sum the digits of {'7' * 200}{i}." for i in range(24)]
+    rows = [{"data_source": "t", "prompt": [{"role": "user", "content": c}], "ability": "math",
+             "reward_model": {"ground_truth": "1", "style": "rule"}, "extra_info": {"index": i}}
+            for i, c in enumerate(contents)]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    tokenizer = build_tokenizer(contents[:4])
+    # HF datasets' cache lives under the test's folder, and no run reuses another's filtered result.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_caching()
+    try:
+        kept = {}
+        for workers in (1, 2):
+            config = OmegaConf.create({"max_prompt_length": 64, "filter_overlong_prompts": True,
+                                       "filter_overlong_prompts_workers": workers, "truncation": "error",
+                                       "cache_dir": str(tmp_path / "verl")})
+            dataset = RLHFDataset([str(path)], tokenizer, config)
+            kept[workers] = [row["extra_info"]["index"] for row in dataset.dataframe]
+    finally:
+        datasets.enable_caching()
+    assert kept[1] == kept[2] == [i for i in range(24) if i % 3], kept
+
+
 def test_rehearsal_overrides_compose_too():
     compose(overrides(resolve("rehearsal", "dev"), RUN))
 
@@ -160,6 +230,8 @@ def test_rehearsal_overrides_compose_too():
         (["recipe.hyperparameters.actor_rollout_ref.rollout.name=hf-gpu"],
          "recipe.hyperparameters.actor_rollout_ref.rollout.name"),
         (["recipe.device=cuda"], "recipe.scale_down.trainer.device"),
+        (["recipe.hyperparameters.data.filter_overlong_prompts_workers=2"],
+         "recipe.hyperparameters.data.filter_overlong_prompts_workers"),
     ],
 )
 def test_bad_cpu_recipe_is_one_error_naming_the_field(sets, field):

@@ -36,6 +36,9 @@ class GpuRuleSettings:
     trend_min_span_s: float = setting(600.0, lo=0)
     trend_horizon_s: float = setting(7200.0, lo=0)
     trend_min_r2: float = setting(0.5, lo=0)
+    # host RAM's trend runs through each slice's lowest sample: a slice longer than RAM's cycles (the dev
+    # cluster's ~2-minute chunk from bring-up to teardown, a ~296 s training step) holds one of their lows
+    ram_trough_s: float = setting(300.0, lo=1)
     shm_free_warn_fraction: float = setting(0.10, lo=0)
     shm_free_critical_fraction: float = setting(0.03, lo=0)
     disk_free_warn_gib: float = setting(100.0, lo=0)
@@ -66,7 +69,9 @@ class GpuRuleSettings:
 
     def dense_s(self) -> float:
         """How far back evaluate() needs every sample: the medians, coverage and per-interval rates. Older
-        samples serve the trend (a least-squares line) and the XID hold only, so the window may thin them."""
+        samples serve the trends (lines through per-minute peaks, or through host RAM's per-slice lows, where
+        thinning to one per 30 s can miss a shorter low: an older low read too high flattens that trend) and
+        the XID hold only, so the window may thin them."""
         return max(
             self.violation_window_s,
             self.straggler_window_s,

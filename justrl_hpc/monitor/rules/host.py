@@ -9,7 +9,14 @@ from typing import Any
 
 from justrl_hpc.monitor.findings import Finding
 from justrl_hpc.monitor.rules.gpu_settings import GpuRuleSettings
-from justrl_hpc.monitor.rules.series import GIB, GpuSeries, finding, num, projects_exhaustion
+from justrl_hpc.monitor.rules.series import (
+    GIB,
+    GpuSeries,
+    finding,
+    num,
+    projects_exhaustion,
+    projects_floor_exhaustion,
+)
 
 
 def rule_host_ram(
@@ -35,7 +42,10 @@ def rule_host_ram(
             )
         else:
             recent = [s for s in samples if s["time"] >= t0]
-            proj = projects_exhaustion(
+            # Through the floor, not the peaks: every chunk's bring-up (Ray, verl's actors importing torch)
+            # borrows GiBs that its teardown returns, and a line through the peaks of a window that starts
+            # before a bring-up reads that as a leak (issue 22's rehearsal: "rising 12.3 GiB/h").
+            proj = projects_floor_exhaustion(
                 [s["time"] for s in recent],
                 [num((s.get("host_stats") or {}).get("ram_used_bytes")) for s in recent],
                 total,
@@ -52,7 +62,8 @@ def rule_host_ram(
                         "ram_used_bytes",
                         round(rate / GIB, 2),
                         None,
-                        f"{host}: host RAM rising {rate / GIB:.1f} GiB/h; out of memory in ~{eta / 60:.0f} min",
+                        f"{host}: host RAM rising {rate / GIB:.1f} GiB/h (its lows, not just its peaks); "
+                        f"out of memory in ~{eta / 60:.0f} min",
                         host,
                     )
                 )
