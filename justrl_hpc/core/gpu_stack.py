@@ -18,8 +18,10 @@ TRANSFORMERS = "5.9.0"
 FLASH_ATTN = "2.8.3"
 # torch 2.11.0's wheel on PyPI requires cuda-toolkit 13.0.2 (libcudart.so.13, NCCL and cuDNN for CUDA 13).
 CUDA = "13.0"
-# The oldest driver branch that runs CUDA 13.0 (NVIDIA's CUDA toolkit release notes: 13.0 GA needs >= 580.65.06).
-MIN_DRIVER_BRANCH = 580
+# The oldest driver branch that runs each CUDA major (NVIDIA's CUDA toolkit release notes: 13.0 GA needs
+# >= 580.65.06); the preflight names it when a node's driver is older than the stack's CUDA.
+DRIVER_FOR_CUDA = {11: 450, 12: 525, 13: 580}
+MIN_DRIVER_BRANCH = DRIVER_FOR_CUDA[int(CUDA.split(".")[0])]
 
 FLASH_ATTN_INSTALL = f"pip install --no-build-isolation flash-attn=={FLASH_ATTN}"
 

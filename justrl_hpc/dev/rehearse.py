@@ -19,15 +19,18 @@ from pathlib import Path
 
 from justrl_hpc.core.errors import UserError
 
-DAEMON_INTERVAL_S = 10.0  # the rehearsal's steps take seconds and its chunks two minutes
+DAEMON_INTERVAL_S = 10.0  # the rehearsal's steps take seconds and its chunks three minutes
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="justrl-hpc rehearse", description=__doc__.splitlines()[0])
     p.add_argument("--name", help="run name (default rehearsal-<date>-<time>: a fresh run each time)")
     p.add_argument("--nodes", type=int, default=2)
+    # 3 minutes: verl's start-up takes ~50 s of each chunk on a quiet 2-core machine (nine processes import
+    # torch and verl) and twice that beside other work, and Slurm's pre-limit signal comes 20-50 s before the
+    # end: a 2-minute chunk under load ended before its first step, chunk after chunk.
     p.add_argument(
-        "--time-limit", type=int, default=2, metavar="MINUTES", help="wall clock per chunk (default 2)"
+        "--time-limit", type=int, default=3, metavar="MINUTES", help="wall clock per chunk (default 3)"
     )
     p.add_argument("--data", default="data/rehearsal", help="where the toy data and base model go")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from justrl_hpc.core.config import Resolved
-from justrl_hpc.core.gpu_stack import FLASH_ATTN_INSTALL
+from justrl_hpc.core.gpu_stack import DRIVER_FOR_CUDA, FLASH_ATTN_INSTALL
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.recipe import CPU_ROLLOUT, timing_warnings
 from justrl_hpc.jobs.train import kernel_log
@@ -40,9 +40,6 @@ from justrl_hpc.monitor.schema import XID_CRITICAL
 IMPORT_TIMEOUT_S = 600.0
 PROBE_CACHE = Path("/tmp/justrl-preflight")
 SHM_ENV = "JUSTRL_SHM_DIR"  # where the node's shared memory is mounted, if not /dev/shm
-# flash-attn builds against the installed torch, so it goes in after torch, without build isolation
-# (core/gpu_stack.py holds the command). The oldest driver branch that runs each CUDA major (NVIDIA's CUDA toolkit release notes).
-DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
 
 
 @dataclass
@@ -340,10 +337,11 @@ def cuda_driver_check(driver_cuda: str | None, stack_cuda: str | None, *, driver
         return Check("cuda-driver", True, f"NVML does not say which CUDA the driver runs; {stack} is built for "
                      f"CUDA {stack_cuda}: not compared", warning=True)
     name = f"driver {driver}" if driver else "the driver"
+    branch = f"R{DRIVER_FOR_CUDA[need[0]]}" if need[0] in DRIVER_FOR_CUDA else "newer"
     if have[0] >= need[0]:
         return Check("cuda-driver", True, f"{name} runs CUDA {driver_cuda}; {stack} is built for CUDA {stack_cuda}")
     return Check("cuda-driver", False, f"{name} runs CUDA up to {driver_cuda}, {stack} is built for CUDA "
-                 f"{stack_cuda}: install an {DRIVER_FOR_CUDA.get(need[0], 'newer')}+ driver, the cuda-compat-"
+                 f"{stack_cuda}: install an {branch}+ driver, the cuda-compat-"
                  f"{need[0]}-{need[1]} package (forward compatibility, data-centre GPUs), or a cu{have[0]} build "
                  "of torch and vLLM")
 
