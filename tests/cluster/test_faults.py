@@ -77,9 +77,16 @@ def test_the_limits_sigterm_and_sigkill_as_the_chunk_requeues_still_leave_the_ne
     job = str(events(run_dir, "submitted")[0]["job_id"])
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the pre-limit signal
     wait_for_event(run_dir, "requeued", timeout=120)
-    subprocess.run(["scancel", "--full", "--signal=TERM", job], check=False)
-    time.sleep(5)
-    subprocess.run(["scancel", "--full", "--signal=KILL", job], check=False)
+
+    def limit(sig: str) -> None:
+        # The limit ends only the incarnation it belongs to: once requeued (Restarts=1), the job is another's.
+        show = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        if " JobState=RUNNING " in f" {show} " and " Restarts=0 " in f" {show} ":
+            subprocess.run(["scancel", "--full", f"--signal={sig}", job], check=False, timeout=10)
+
+    limit("TERM")
+    time.sleep(5)  # the dev cluster's KillWait
+    limit("KILL")
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     assert len(events(run_dir, "started")) >= 2
