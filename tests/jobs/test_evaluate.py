@@ -439,3 +439,26 @@ def test_evaluate_job_submitted_to_the_dev_cluster(
     assert len(samples) == 2 * 4 + 2 * 1  # 2 problems each: AIME24 at 32 × 0.125, MATH-500 at 4 × 0.125 → 1
     md = (folder / "results.md").read_text()
     assert md.startswith("| model | AIME24@4 | MATH500@1 |") and f"this run: step_{STEP}" in md
+
+
+@pytest.mark.parametrize(
+    ("visible", "gpus", "want"),
+    [
+        (None, 8, ["0", "1", "2", "3", "4", "5", "6", "7"]),  # the whole node, nothing said
+        ("", 2, ["0", "1"]),
+        ("4,5,6,7", 4, ["4", "5", "6", "7"]),  # a job given half a shared node
+        ("4,5,6,7", 2, ["4", "5"]),
+        ("GPU-1a2b,GPU-3c4d", 2, ["GPU-1a2b", "GPU-3c4d"]),  # UUIDs, as some sites set them
+    ],
+)
+def test_each_vllm_engine_gets_one_of_the_jobs_devices(visible: str | None, gpus: int, want: list[str]) -> None:
+    from justrl_hpc.jobs.evaluate.generate import worker_devices
+
+    assert worker_devices(visible, gpus) == want
+
+
+def test_more_engines_than_the_jobs_devices_is_refused() -> None:
+    from justrl_hpc.jobs.evaluate.generate import worker_devices
+
+    with pytest.raises(ValueError, match="job sees only CUDA devices 4,5"):
+        worker_devices("4,5", 4)

@@ -5,8 +5,9 @@ template, samples one response per message with that message's own seed, and rep
 tokens it really produced. Two implementations behind the same Protocol:
 
 - `VLLMGenerator` — production, on GPU nodes: one vLLM engine per GPU of the allocation (data parallel), each
-  in its own process pinned by CUDA_VISIBLE_DEVICES. vLLM is imported only there; it cannot run on this CPU
-  machine, so this class is exercised only on GPU machines (the tests use the transformers generator).
+  in its own (non-daemonic: vLLM's EngineCore is its child) process pinned to one of the job's CUDA devices.
+  vLLM is imported only there. Its run on vLLM's CPU build is the vLLM-on-CPU issue's; the tests here use the
+  transformers generator.
 - `TransformersGenerator` — CPU (or one GPU) with `model.generate`: used by the tests and the rehearsal with a
   tiny model. One sample per call, seeded by `torch.manual_seed(seed)`, so a sample is the same whether it is
   generated in a first run or after a restart.
@@ -109,7 +110,19 @@ class TransformersGenerator:
         self.model = None
 
 
-def _vllm_worker(device: str, model_path: str, max_model_len: int, inbox: Any, outbox: Any) -> None:
+def worker_devices(visible: str | None, gpus: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES of each engine: the i-th of the devices Slurm gave the job (its own
+    CUDA_VISIBLE_DEVICES, e.g. "4,5,6,7" on a shared node), not 0..gpus-1 of the whole node."""
+    given = [d.strip() for d in (visible or "").split(",") if d.strip()]
+    if not given:
+        return [str(i) for i in range(gpus)]
+    if len(given) < gpus:
+        raise ValueError(f"{gpus} engines asked, but the job sees only CUDA devices {','.join(given)}")
+    return given[:gpus]
+
+
+def _vllm_worker(device: str, model_path: str, max_model_len: int, enforce_eager: bool, inbox: Any,
+                 outbox: Any) -> None:
     """One engine on one GPU: (messages, params, seeds) in, [(text, tokens, truncated)] out."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     import traceback
@@ -118,7 +131,8 @@ def _vllm_worker(device: str, model_path: str, max_model_len: int, inbox: Any, o
         from vllm import LLM
         from vllm import SamplingParams as VllmSampling
 
-        llm = LLM(model=model_path, max_model_len=max_model_len, enable_prefix_caching=True)
+        llm = LLM(model=model_path, max_model_len=max_model_len, enable_prefix_caching=True,
+                  enforce_eager=enforce_eager)
         outbox.put(("ready", None))
     except Exception:
         outbox.put(("error", traceback.format_exc()))
@@ -163,16 +177,20 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(
-        self, model_path: str, gpus: int, max_model_len: int = 32768, start_timeout_s: float = 1800
+        self, model_path: str, gpus: int, max_model_len: int = 32768, start_timeout_s: float = 1800,
+        enforce_eager: bool = False,
     ) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
         self.workers = []
-        for i in range(gpus):
+        for device in worker_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus):
             inbox, outbox = ctx.Queue(), ctx.Queue()
+            # Not daemonic: vLLM's LLM() starts its EngineCore as a child process, which Python refuses to a
+            # daemonic one ("daemonic processes are not allowed to have children"). close() ends them.
             proc = ctx.Process(
-                target=_vllm_worker, args=(str(i), model_path, max_model_len, inbox, outbox), daemon=True
+                target=_vllm_worker, args=(device, model_path, max_model_len, enforce_eager, inbox, outbox),
+                daemon=False,
             )
             proc.start()
             self.workers.append((proc, inbox, outbox))
