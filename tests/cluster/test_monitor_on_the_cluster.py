@@ -61,6 +61,9 @@ def test_rehearse_watches_its_run_with_the_daemon_and_stops_it_at_the_end(devclu
     assert events(run_dir, "finished")
 
 
+# ~5 minutes: run by hand (`pytest -m manual`) since the strict cluster's slower chunks pushed CI toward its
+# time limit (2026-12-07); back into the fault suite once it shares a run with another test.
+@pytest.mark.manual
 @pytest.mark.timeout(1200)
 def test_the_daemon_as_a_slurm_chain_outlives_its_time_limits_and_ends_with_the_run(devcluster, rehearsal_data,
                                                                                     tmp_path):

@@ -203,7 +203,8 @@ def test_gloo_forms_across_nodes_whose_hostname_is_loopback_only_with_the_export
     assert a.get("sum") == b.get("sum") == 3.0, (a, b)
 
 
-@pytest.mark.long  # gloo retries its pairing for ~90 s before it gives up: in scripts/faults.sh
+# gloo retries its pairing for ~90 s before it gives up: run by hand (`pytest -m manual`), outside CI's budget.
+@pytest.mark.manual
 def test_without_the_exported_interface_gloo_never_pairs(pair: Pair) -> None:
     pair.sh("ip", "-n", pair.a, "route", "add", "default", "via", "10.77.0.2")
     # gloo binds to what the hostname resolves to, 127.0.1.1, which the other node cannot reach.

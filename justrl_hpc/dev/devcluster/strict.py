@@ -22,11 +22,13 @@ CONTROLLERS = ("cpuset", "memory", "freezer", "devices")
 # Memory is a consumable resource (CR_Core_Memory), as on GPU sites: a job's --mem is its cgroup's limit, and a
 # job that asks for none gets DefMemPerNode (with plain CR_Core Slurm allocates 0 MB and the limit is the
 # whole host). Sized so that a training chunk (configs/clusters/dev.yaml mem_gb) and a 1-CPU monitor job
-# share a node.
-DEF_MEM_PER_NODE_MB = 2000
+# share a node, and four jobs that ask nothing fit each node. 4000 MB holds a rehearsal chunk whose run.yaml
+# asks no memory (runs made before the cluster was strict: 3.2 GB peak on the head node; 2000 MB OOM-killed
+# its workers, seen 2026-12-07).
+DEF_MEM_PER_NODE_MB = 4000
 # Declared per fake node. The four share this host's RAM, so the sum may exceed it; each job's own limit is
 # what the kernel enforces.
-NODE_MEMORY_MB = 12000
+NODE_MEMORY_MB = 16000
 
 
 @dataclass(frozen=True)
