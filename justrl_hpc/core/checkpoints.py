@@ -52,14 +52,15 @@ class ResumeDecision:
     skipped: list[int] = field(default_factory=list)  # torn checkpoints moved aside
 
 
+def _dirs(ckpt_dir: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
+    """Folders of ckpt_dir whose name matches, with the step the pattern's first group holds."""
+    if not ckpt_dir.is_dir():
+        return []
+    return [(p, int(m.group(1))) for p in ckpt_dir.iterdir() if (m := pattern.match(p.name)) and p.is_dir()]
+
+
 def step_dirs(ckpt_dir: Path) -> dict[int, Path]:
-    out = {}
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            m = STEP_DIR.match(p.name)
-            if m and p.is_dir():
-                out[int(m.group(1))] = p
-    return out
+    return {step: p for p, step in _dirs(ckpt_dir, STEP_DIR)}
 
 
 def expected_files(step_dir: Path, world_size: int) -> list[Path]:
@@ -208,13 +209,7 @@ def prepare_resume(
 
 def set_aside_dirs(ckpt_dir: Path) -> dict[str, int]:
     """Folders prepare_resume set aside, by name → the step they hold."""
-    out = {}
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            m = SET_ASIDE_DIR.match(p.name)
-            if m and p.is_dir():
-                out[p.name] = int(m.group(1))
-    return out
+    return {p.name: step for p, step in _dirs(ckpt_dir, SET_ASIDE_DIR)}
 
 
 def removable_set_aside(set_aside: dict[str, int], verified: list[int]) -> list[str]:

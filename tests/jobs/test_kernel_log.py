@@ -119,8 +119,8 @@ def test_a_reset_gpu_is_refused_once_then_the_next_chunk_on_the_node_passes(
     """The node's real preflight, with the replayed A800 node and the constructed kernel log: the first chunk
     is refused for GPU 3's XID 79, the next one (the GPU reset in between) reads its mark from the ledger and
     passes. A preflight that saw no GPU (NVML none) judged no XID and keeps the mark where it was."""
-    if kernel_log.boot_id() is None:
-        pytest.skip("no boot id on this machine: a mark cannot be kept")
+    # Linux has a boot id (/proc/sys/kernel/random/boot_id); without one no mark could be kept.
+    assert kernel_log.boot_id() is not None
     kmsg = tmp_path / "kmsg"
     kmsg.write_text(BOOT + XID79)
     monkeypatch.setattr(kernel_log, "KMSG", kmsg)

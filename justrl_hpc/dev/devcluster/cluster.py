@@ -210,10 +210,10 @@ def _up_locked(layout: Layout, timeout_s: float, log: Log) -> ClusterStatus:
 def _conf_current(layout: Layout) -> bool:
     """The running cluster's confs are what this package writes now (a cluster left up by an older checkout,
     before cgroups, is restarted with the new ones)."""
-    ports = _choose_ports(layout, starting=False)
+    ports, confinement = _choose_ports(layout, starting=False), choose(missing_controllers())
     try:
-        return layout.conf.read_text() == render_conf(layout, *ports, choose(missing_controllers())) and \
-            layout.cgroup_conf.read_text() == cgroup_conf(choose(missing_controllers()))
+        return layout.conf.read_text() == render_conf(layout, *ports, confinement) and \
+            layout.cgroup_conf.read_text() == cgroup_conf(confinement)
     except OSError:
         return False
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from justrl_hpc.core.paths import RunPaths
-from justrl_hpc.jobs.train.trainer_process import SLURM_PATTERNS
+from justrl_hpc.jobs.train.trainer_process import SLURM_PATTERNS, classify_exit
 
 MAX_BYTES = 4 << 20  # per file: a day's driver log is far less; Slurm's lines come at a task's end
 
@@ -67,8 +67,6 @@ def lost_chunk(events: list[dict], paths: RunPaths) -> dict | None:
     """The previous chunk, when it wrote no ending (killed outright: the cgroup OOM killer on its head node, a
     node failure, a SIGKILL), with how Slurm says it ended: the fields of a `chunk-lost` event. Called by a
     chunk before its own `started`, when Slurm's lines about the previous incarnation are all written."""
-    from justrl_hpc.jobs.train.trainer_process import classify_exit
-
     starts = [i for i, e in enumerate(events) if e.get("event") == "started"]
     if not starts or any(e.get("event") in ENDINGS for e in events[starts[-1]:]):
         return None
