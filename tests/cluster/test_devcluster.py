@@ -210,7 +210,7 @@ def test_cli_status_json_and_bad_input(devcluster, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     run = [sys.executable, "-m", "justrl_hpc.dev.devcluster.cli"]
     out = subprocess.run([*run, "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(out.stdout)
     assert data["up"] and data["partition"] == "dev" and data["conf"] == str(devcluster.conf)
     assert set(data["nodes"]) == {"n1", "n2", "n3", "n4"}
@@ -307,7 +307,7 @@ def test_private_cluster_up_repair_down(devcluster, private_scratch, tmp_path, r
     assert not any(after.daemons.values()) and after.keeper is None
     # The shared cluster was not touched.
     shared_after = status()
-    assert shared_after.up and shared_after.daemons == shared_before.daemons
+    assert shared_after.up and shared_after.daemons == shared_before.daemons, (shared_before, shared_after)
 
 
 def test_lease_downs_only_for_the_last_holder(devcluster, private_scratch):

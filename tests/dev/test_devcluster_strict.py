@@ -55,3 +55,32 @@ def test_this_machine_is_strict_and_a_missing_controller_falls_back_loudly(tmp_p
         assert read(conf, cgroups) == c  # what `status` reads back is what `up` decided
     assert "ConstrainCores=yes" in cgroup_conf(strict) and "ConstrainRAMSpace=yes" in cgroup_conf(strict)
     assert "CgroupPlugin=cgroup/v1" in cgroup_conf(strict)
+
+
+@pytest.mark.parametrize(
+    ("state", "ok"),
+    [
+        ("idle", True),
+        ("mixed", True),
+        ("allocated", True),
+        ("completing", True),
+        ("planned", True),  # backfill holds it for a pending job until its next cycle
+        ("mixed-", True),
+        ("allocated+", True),
+        ("IDLE", True),
+        ("idle*", False),  # not responding
+        ("down", False),
+        ("down*", False),
+        ("drained", False),
+        ("draining", False),
+        ("idle~", False),  # powered off
+        ("idle$", False),  # maintenance reservation
+        ("idle@", False),  # reboot pending
+        ("unknown", False),
+        ("", False),
+    ],
+)
+def test_which_sinfo_states_count_as_a_usable_node(state: str, ok: bool) -> None:
+    from justrl_hpc.dev.devcluster.status import usable
+
+    assert usable(state) is ok

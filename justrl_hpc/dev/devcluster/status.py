@@ -12,8 +12,18 @@ from justrl_hpc.dev.devcluster.layout import DAEMONS, NODES, PARTITION, Layout, 
 from justrl_hpc.dev.devcluster.procs import _recorded_pid
 from justrl_hpc.dev.devcluster.strict import Confinement, read
 
-# sinfo %T states of a node that can take jobs (no trailing `*`: that means "not responding").
-USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
+# sinfo %T states of a node that can take jobs. "planned" (idle, held by backfill for a pending job), "mixed-"
+# and "allocated+" (jobs still completing) are busy, not broken: backfill keeps a node planned until its next
+# cycle (30 s), and CI once read the cluster as down for that long after a requeue (2026-12-07).
+USABLE_STATES = {"idle", "mixed", "allocated", "completing", "planned", "reserved"}
+# Trailing flags that leave a node usable; any other (`*` not responding, `~` powered off, `$` maintenance,
+# `@`/`^` reboot, ...) does not.
+HARMLESS_FLAGS = "+-"
+
+
+def usable(state: str) -> bool:
+    """Whether a node in this sinfo %T state can take jobs now."""
+    return state.lower().rstrip(HARMLESS_FLAGS) in USABLE_STATES
 
 
 @dataclass
@@ -40,7 +50,7 @@ class ClusterStatus:
         return (
             all(self.daemons.get(d) for d in DAEMONS)
             and len(self.nodes) == len(NODES)
-            and all(self.nodes.get(n) in USABLE_STATES for n in NODES)
+            and all(usable(self.nodes.get(n, "")) for n in NODES)
         )
 
     def to_dict(self) -> dict[str, object]:
