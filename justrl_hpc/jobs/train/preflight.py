@@ -49,6 +49,7 @@ class Check:
     detail: str
     warning: bool = False  # reported with the node's result; never fails it
     transient: bool = False  # a failure another try may not meet (an import that outlasted the timeout)
+    facts: dict[str, Any] | None = None  # versions this check read (the node's `env`, compared across chunks)
 
 
 # -- GPUs ------------------------------------------------------------------------------------------------
@@ -97,7 +98,9 @@ def gpu_checks(resolved: Resolved, reading: Any, inventory: dict[str, Any],
         want = f"{c.gpus_per_node} × {c.gpu_model or 'any model'}"
         checks.append(Check("gpu-count", ok, f"{found} (cluster file: {want})"))
     if gpus:
-        checks.append(Check("driver", True, f"driver {inventory.get('driver')}, CUDA {inventory.get('cuda')}"))
+        checks.append(Check("driver", True, f"driver {inventory.get('driver')}, CUDA {inventory.get('cuda')}",
+                            facts={"driver": inventory.get("driver"), "cuda": inventory.get("cuda"),
+                                   "gpu": ", ".join(sorted({str(g.get("name")) for g in gpus}))}))
     bus = {_bus(str(g.get("pci_bus_id", ""))): g.get("index") for g in reading.gpus}
     for g in reading.gpus:
         i = g.get("index")
@@ -375,12 +378,17 @@ def _probe(resolved: Resolved, mods: list[str], cuda: bool, timeout_s: float,
         checks.append(cuda_driver_check(driver[1], torch.get("cuda_build"), driver=driver[0],
                                         stack=f"torch {torch.get('version')}"))
     failed = import_failures(got, mods)
+    versions = {m: got[m].get("version") for m in mods if not m.startswith("justrl_hpc") and got.get(m, {}).get("ok")}
+    if torch.get("ok"):
+        versions["torch_cuda"] = torch.get("cuda_build")
+    versions["python"] = ".".join(map(str, sys.version_info[:3]))
     checks.append(Check("imports", failed is None, failed or
-                        ", ".join(f"{m} {got[m]['version']}".rstrip() for m in mods)))
+                        ", ".join(f"{m} {got[m]['version']}".rstrip() for m in mods), facts=versions))
     if cuda and failed is None:
         info = got.get("cuda", {})
         checks.append(Check("cuda", bool(info.get("ok")) and info.get("devices", 0) >= resolved.cluster.gpus_per_node,
-                            f"torch sees {info.get('devices')} CUDA devices, NCCL {info.get('nccl')}"))
+                            f"torch sees {info.get('devices')} CUDA devices, NCCL {info.get('nccl')}",
+                            facts={"nccl": info.get("nccl")}))
     return checks
 
 
@@ -415,6 +423,9 @@ def summary(checks: list[Check], seconds: float) -> dict[str, Any]:
         "warnings": [f"{k.name}: {k.detail}" for k in checks if k.warning],
         "passed": [k.name for k in checks if k.ok and not k.warning],
         "seconds": round(seconds, 2),
+        # What the node runs (driver, CUDA, GPU model, torch, vLLM, verl, transformers, NCCL): the monitor's
+        # E1-env-drift compares it across the run's chunks.
+        "env": {k: v for c in checks if c.facts for k, v in c.facts.items() if v not in (None, "")},
     }
 
 
@@ -472,7 +483,8 @@ def on_this_node(resolved: Resolved, run_dir: Path, ledger: Any, job_id: str, ch
     ledger.append("preflight", job_id=job_id, chunk=chunk, node=result["node"], rank=rank, ok=result["ok"],
                   failed=result["failed"] or None, transient=result["transient"] or None,
                   warnings=result["warnings"] or None, passed=",".join(result["passed"]), seconds=result["seconds"],
-                  cpus=usable_cpus(), kmsg_boot=boot if seq is not None else None, kmsg_seq=seq)
+                  cpus=usable_cpus(), kmsg_boot=boot if seq is not None else None, kmsg_seq=seq,
+                  env=result["env"] or None)
     return result
 
 

@@ -326,6 +326,7 @@ class RunMonitor:
         return report
 
     def _cycle(self, now: float, final: bool) -> CycleReport:
+        from justrl_hpc.monitor.rules import environment as environment_rules
         from justrl_hpc.monitor.rules import gpu as gpu_rules
 
         report = CycleReport(alerts=[])
@@ -337,6 +338,7 @@ class RunMonitor:
         if by_host:
             self.book.update("gpu", gpu_rules.evaluate(by_host, now, self.config.gpu), now)
         self.book.update("progress", self._progress(now), now)
+        self.book.update("environment", environment_rules.evaluate_environment(self.events), now)
         self.book.update("sinks", self.dispatcher.findings(), now)
         state = {
             "ledger_offset": self.ledger_offset,
