@@ -140,6 +140,9 @@ class RunConfig:
     keep_every: int = field(default=500, metadata={"min": 0})
     # Consecutive chunks that end without a new checkpoint before the run stops and says why.
     max_no_progress_chunks: int = field(default=3, metadata={"min": 1})
+    # Restarts of a crashed trainer inside its chunk's allocation (nodes alive, time left for a start-up and
+    # a step) before the chunk requeues instead.
+    max_in_job_restarts: int = field(default=2, metadata={"min": 0})
     # Requeue budget for the whole run (submitit's default of 3 would end a 15-day run on day 3).
     max_requeues: int = field(default=200, metadata={"min": 1})
 

@@ -52,6 +52,12 @@ class ChunkReport:
     steps_lost: int = 0  # trained, then thrown away: the next chunk resumed from an earlier step
     kept_steps: int | None = None  # None while running
     skipped: list[int] = field(default_factory=list)  # torn checkpoints this chunk's resume moved aside
+    # In-job restarts (the trainer crashed, the chunk started it again in its allocation): how many, the time
+    # from each crash's decision to the restarted trainer's first step, and the steps trained again.
+    restarts: int = 0
+    restart_s: float = 0.0
+    restart_lost_steps: int = 0
+    restart_at: float | None = None  # a restart whose first step is still to come
 
     @property
     def steps_done(self) -> int | None:
@@ -187,12 +193,19 @@ def chunk_reports(events: list[dict[str, Any]]) -> list[ChunkReport]:
             eligible = None
         elif kind == "ray-ready":
             c.ray_ready = t
+        elif kind == "restarted-in-job":
+            c.restarts, c.restart_at = c.restarts + 1, t
+        elif kind == "trainer-started" and c.trainer_started is not None:  # the same chunk's, after a restart
+            if _is_int(e.get("step")) and c.last_step is not None:
+                c.restart_lost_steps += max(0, c.last_step - e["step"])
         elif kind == "trainer-started":
             c.trainer_started = t
             if _is_int(e.get("step")):
                 c.start_step = e["step"]
         elif kind == "step" and _is_int(e.get("step")):
-            c.last_step = e["step"]
+            if c.restart_at is not None and t is not None:
+                c.restart_s, c.restart_at = c.restart_s + (t - c.restart_at), None
+            c.last_step = max(c.last_step or 0, e["step"])
             if t is not None:
                 c.first_step_time = c.first_step_time if c.first_step_time is not None else t
                 c.last_step_time = t
@@ -253,8 +266,9 @@ def chunk_reports(events: list[dict[str, Any]]) -> list[ChunkReport]:
             survived = resumed
         else:
             survived = c.saved_step if c.saved_step is not None else (c.start_step or 0)
-        c.steps_lost = max(0, c.last_step - max(survived, c.start_step or 0))
-        c.kept_steps = max(0, c.last_step - (c.start_step or 0) - c.steps_lost)
+        lost = max(0, c.last_step - max(survived, c.start_step or 0))
+        c.kept_steps = max(0, c.last_step - (c.start_step or 0) - lost)
+        c.steps_lost = lost + c.restart_lost_steps
     return chunks
 
 
@@ -317,6 +331,8 @@ class RunReport:
     tail_s: float
     requeue_gap_s: float
     chunks: list[ChunkReport]
+    restarts_in_job: int = 0
+    restart_s: float = 0.0  # each in-job restart's crash → the restarted trainer's first step, summed
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "chunks"}
@@ -351,6 +367,9 @@ def chunk_dict(c: ChunkReport) -> dict[str, Any]:
         "stop_to_end_s": _r(c.stop_to_end_s),
         "exit_to_end_s": _r(c.exit_to_end_s),
         "requeue_gap_s": _r(c.requeue_gap_s),
+        "restarts_in_job": c.restarts,
+        "restart_s": _r(c.restart_s),
+        "restart_lost_steps": c.restart_lost_steps,
     }
 
 
@@ -392,6 +411,8 @@ def run_report(
         tail_s=sum(c.tail_s or 0.0 for c in chunks if c.end is not None),
         requeue_gap_s=sum(c.requeue_gap_s or 0.0 for c in chunks),
         chunks=chunks,
+        restarts_in_job=sum(c.restarts for c in chunks),
+        restart_s=sum(c.restart_s for c in chunks),
     )
 
 

@@ -32,7 +32,9 @@ def format_report(r: RunReport) -> str:
         f"goodput {good} (useful {_s(r.useful_s)} of {_s(r.allocated_s)} allocated); wall {_s(r.wall_s)}; "
         f"steps lost {r.steps_lost}",
         f"time: queue wait {_s(r.queue_wait_s)}, start-up {_s(r.startup_s)}, tail {_s(r.tail_s)}, "
-        f"requeue gaps {_s(r.requeue_gap_s)}",
+        f"requeue gaps {_s(r.requeue_gap_s)}"
+        + (f", in-job restarts {r.restarts_in_job} ({_s(r.restart_s)} from crash to the next step)"
+           if r.restarts_in_job else ""),
         "",
     ]
     head = (

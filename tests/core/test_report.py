@@ -310,6 +310,30 @@ def test_a_run_that_failed_for_good(tmp_path: Path) -> None:
     assert c["queue_wait_s"] == 3.0 and c["ray_up_s"] is None and c["tail_s"] is None
 
 
+def test_an_in_job_restart_is_its_own_heading_and_its_retrained_steps_are_lost(tmp_path: Path) -> None:
+    """Steps 1–6 (saved at 4), a crash, the trainer started again in the same chunk from step 4: steps 5 and 6
+    are trained twice (lost), and the crash → first step after the restart is the restart's cost."""
+    r = Run(tmp_path, "restart", target=10)
+    r.ev("submitted", 0, None, nodes=2)
+    r.ev("started", 5, 1, restart=0, nodes=2, hosts="n1,n2")
+    r.ev("ray-ready", 15, 1)
+    r.ev("trainer-started", 20, 1, step=0)
+    r.steps(1, 1, 6, 60, 10, saves=(4,))
+    r.ev("trainer-exited", 115, 1, step=6, exit_code=-9, reason="crashed-other", last_saved=4, progress=True)
+    r.ev("restarted-in-job", 120, 1, step=4, crash="crashed-other", restart=1, of=2)
+    r.ev("trainer-started", 121, 1, step=4)
+    r.steps(1, 5, 10, 180, 10, saves=(8, 10))
+    r.ev("trainer-exited", 232, 1, step=10, exit_code=0, reason="finished")
+    r.ev("finished", 233, 1, step=10)
+    rep = report_json(r.dir)
+    assert rep["finished"] and rep["restarts_in_job"] == 1 and rep["restart_s"] == 60.0
+    (c,) = rep["chunks"]
+    assert (c["start_step"], c["last_step"], c["kept_steps"], c["steps_lost"]) == (0, 10, 10, 2)
+    assert (c["restarts_in_job"], c["restart_s"], c["restart_lost_steps"]) == (1, 60.0, 2)
+    out = report_cli(str(r.dir))
+    assert "in-job restarts 1 (60.0s from crash to the next step)" in out.stdout, out.stdout
+
+
 # -- the real rehearsal's ledger -------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ Every other rank joins Ray and runs the node agent until the driver is done (nod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from justrl_hpc.core import slurm, slurm_act
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.recipe import ChunkContext, trainer_command
 from justrl_hpc.core.run_folder import atomic_write, load
-from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster, slurm_log
+from justrl_hpc.jobs.train import chunk_policy, cleanup, preflight, ray_cluster, slurm_log, successor
 from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.in_worker.deadline_hook import (
@@ -41,6 +42,7 @@ from justrl_hpc.jobs.train.signals import ignore_limit_signal, requeue_signal
 from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
 
 POLL_S = 0.5
+RESTART = "restart"  # what _train returns when the policy restarts the trainer inside the job
 TRACKER_FINISH_S = 10.0  # how long a stop waits for W&B to end its run (wandb.finish takes ~1 s offline)
 FINAL_EXIT_S = 60.0  # how long a stop lets a trainer that reached its target end by itself
 
@@ -70,6 +72,8 @@ class Driver:
         self.end_time = slurm.job_end_time(info.job_id)
         self.chunk_started_at = time.time()
         self.successor: str | None = None  # the chained next chunk, on clusters that forbid requeue
+        self.restarts_in_job = 0
+        self.step_times: list[float] = []  # when this trainer's steps were logged (a restart's start-up estimate)
 
     # -- ledger ---------------------------------------------------------------------------------------
 
@@ -83,44 +87,15 @@ class Driver:
         if name in ("finished", "failed"):
             self._end_chain()
 
-    # -- the dependency chain (clusters with requeue_allowed: false) ------------------------------------
+    # -- the dependency chain (clusters with requeue_allowed: false): jobs/train/successor.py ------------------
 
     def _arm_successor(self) -> None:
-        """Submit the next chunk now, to start once this job ends however it ends (afterany).
-
-        Armed at the start rather than at the end so that a chunk killed outright (node failure, kill -9,
-        preemption that cancels) still has a successor; a run that finishes or fails for good cancels it.
-        """
-        from justrl_hpc.core.run_folder import entry_points
-        from justrl_hpc.jobs.train.submission import RecordedEntry, make_executor
-
-        executor = make_executor(
-            self.resolved, self.info.run_dir, self.info.nodes, dependency=f"afterany:{self.info.job_id}"
-        )
-        # Nodes left out at submission (`launch --exclude`) stay out of every chained job, as they stay out of
-        # every requeue of one job; Slurm does not tell a job its own exclude list, the ledger does.
-        exclude = next((e.get("exclude") for e in reversed(self.ledger.read()) if e.get("event") == "submitted"), None)
-        if exclude:
-            executor.update_parameters(exclude=exclude)
-        try:
-            job = executor.submit(RecordedEntry(entry_points(self.info.run_dir).submitit, self.info.run_dir))
-        except Exception as exc:  # sbatch's refusal arrives as a generic error from submitit
-            lines = str(exc).strip().splitlines()
-            self.event("chain-broken", reason=f"sbatch refused the next chunk: {lines[-1] if lines else exc}")
-            return
-        self.successor = str(job.job_id)
-        # The successor's id as the event's job id: `launch --resume` and `status` see the live pending job.
-        self.ledger.append("chained", job_id=self.successor, chunk=self.chunk, after=self.info.job_id,
-                           exclude=exclude)
-        log(f"run {self.resolved.run.name} job {self.info.job_id} chunk {self.chunk}: chained job {self.successor}")
+        self.successor = successor.arm(self.resolved, self.info, self.ledger, self.chunk, self.event)
 
     def _end_chain(self) -> None:
-        if self.successor is None:
-            return
-        successor, self.successor = self.successor, None
-        ok = slurm_act.cancel(successor)
-        self.ledger.append("chain-cancelled", job_id=successor, chunk=self.chunk, ok=ok)
-        log(f"run {self.resolved.run.name} job {self.info.job_id}: cancelled chained job {successor} (ok={ok})")
+        job, self.successor = self.successor, None
+        if job is not None:
+            successor.cancel(job, self.resolved.run.name, self.info.job_id, self.ledger, self.chunk)
 
     def _hand_over(self) -> None:
         """The chunk is done and the run goes on: requeue is Slurm's job, or the chained successor's."""
@@ -175,19 +150,14 @@ class Driver:
         reason = preflight.verdict(results, info.run_dir)
         if reason is None:
             return None
-        if preflight.transient(results):  # a cold node's slow first import: requeue, counted as no progress
-            return self._crashed("preflight", reason)
-        # A bad node stays bad: requeueing onto it would fail again, so the chain stops and says why.
-        self.event("failed", reason=reason)
-        self.ended = True
-        return "failed"
+        return self._act(self._decide("preflight", reason=reason, detail=reason,
+                                      transient=preflight.transient(results)))
 
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved
         if self.address is None:
-            self.event("failed", reason=f"no address the other nodes can reach: {self.address_error}")
-            self.ended = True
-            return "failed"
+            return self._act(self._decide("no-address",
+                                          detail=f"no address the other nodes can reach: {self.address_error}"))
         t0 = time.time()
         cpus, gpus = ray_resources(res)
         put_code_first(info.run_dir)
@@ -202,20 +172,24 @@ class Driver:
                 info.paths.ray_log(info.job_id),
             )
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            return self._crashed("crashed-node", f"Ray head did not start: {exc}")
+            return self._act(self._decide("ray", detail=f"Ray head did not start: {exc}"))
         cleanup.note_temp_dir(info.control, self.mark, self.head.temp_dir)
         ray_cluster.publish_head(info.control, self.head, info.restart)
         seen, seen_gpus = ray_cluster.wait_for_nodes(
             self.head.address, info.nodes, gpus, res.cluster.ray_wait_timeout_s
         )
         if seen < info.nodes or seen_gpus < info.nodes * gpus:
-            return self._crashed(
-                "crashed-node",
-                f"Ray saw {seen}/{info.nodes} nodes and {seen_gpus:g}/{info.nodes * gpus} GPUs after "
-                f"{res.cluster.ray_wait_timeout_s} s",
-            )
+            return self._act(self._decide("ray", detail=f"Ray saw {seen}/{info.nodes} nodes and "
+                                          f"{seen_gpus:g}/{info.nodes * gpus} GPUs after {res.cluster.ray_wait_timeout_s} s"))
         self.event("ray-ready", nodes_seen=seen, gpus_seen=seen_gpus, seconds=round(time.time() - t0, 1))
+        while (outcome := self._train(t0)) == RESTART:
+            t0 = time.time()
+        return outcome
 
+    def _train(self, t0: float) -> str:
+        """Resume from the newest verified save and run verl's trainer until it ends (again after a restart)."""
+        info, res = self.info, self.resolved
+        assert self.head is not None
         from justrl_hpc.core import checkpoints
 
         ckpt_dir = info.paths.checkpoints
@@ -224,14 +198,11 @@ class Driver:
             ckpt_dir, res.recipe.world_size, ledger=self.ledger, job_id=info.job_id, chunk=self.chunk
         )
         if not decision.ok:
-            self.event("failed", reason=f"no checkpoint to resume from: {decision.reason}")
-            return "failed"
+            return self._act(self._decide("no-checkpoint", detail=f"no checkpoint to resume from: {decision.reason}"))
         self.start_step = decision.step or 0
         if self.start_step >= self.target:
             # The previous chunk saved the target step as it was being stopped: nothing left to train.
-            self.event("finished", step=self.start_step, note="target already saved")
-            self.ended = True
-            return "finished"
+            return self._act(self._decide("target-saved", reached_target=True), step=self.start_step)
         if decision.step is None and not self.first_chunk:
             log("no checkpoint yet: the trainer starts from step 0")
         self._retention()
@@ -239,12 +210,9 @@ class Driver:
         ok, free = checkpoints.disk_check(ckpt_dir, need)
         if not ok:
             # A save into a full filesystem tears the checkpoint; better to stop and say so than to train on.
-            self.event("failed", step=self.start_step,
-                       reason=f"{ckpt_dir} has {preflight.gb_text(free)} free; the next checkpoint plus "
-                       f"cluster.min_free_disk_gb needs {preflight.gb_text(need)}: free space there, then "
-                       "`python -m justrl_hpc.launch --resume RUN`")
-            self.ended = True
-            return "failed"
+            return self._act(self._decide("disk-low", detail=(
+                f"{ckpt_dir} has {preflight.gb_text(free)} free; the next checkpoint plus cluster.min_free_disk_gb "
+                f"needs {preflight.gb_text(need)}: free space there, then `python -m justrl_hpc.launch --resume RUN`")))
 
         chunk_ctx = ChunkContext(first_chunk=self.first_chunk, deadline_epoch=self.end_time)
         env = dict(os.environ)
@@ -262,6 +230,7 @@ class Driver:
         self.trainer = TrainerProcess(cmd, info.paths.trainer_log, ckpt_dir, env,
                                       cwd=info.paths.logs)
         self.trainer_started_at = time.time()
+        self.step_times = []
         self.trainer.start()
         self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
                    seconds_since_start=round(time.time() - t0, 1))
@@ -288,6 +257,7 @@ class Driver:
             if step in self._steps_via_tensorboard:
                 continue  # recorded already from the event file; this is its console line arriving late
             self.event("step", step=step)
+            self.step_times.append(time.time())
             self.logged_step = step if self.logged_step is None else max(self.logged_step, step)
         tracked = self.trainer.tracker_step()
         if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0):
@@ -386,16 +356,13 @@ class Driver:
             code = self._stop_trainer()
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
-        if self._reached_target():
-            self.event("finished", step=self._last_saved())
-            self.ended = True
-            self._teardown()
-            return False
-        if not self.saved_steps and self._give_up(self.stop_reason or "signal", "the chunk ended before a save"):
+        action = self._decide("limit-signal", reason=self.stop_reason or "", saved=bool(self.saved_steps))
+        if action.kind != "requeue":
+            self._act(action)
             self._teardown()
             return False
         via = {"chained_to": self.successor} if self.successor else {}
-        self.event("requeued", step=self._last_saved(), reason=self.stop_reason or "signal", **via)
+        self.event("requeued", step=self._last_saved(), reason=action.reason, **via)
         self.ended = True
         # No teardown here: submitit issues `scontrol requeue` as this returns, then exits, and the teardown runs
         # as run() unwinds. A teardown first left a window in which the limit's SIGTERM and SIGKILL ended the
@@ -432,6 +399,7 @@ class Driver:
         # A SIGTERM during a stop for a requeue (the limit's, arriving before submitit's requeue): this handler
         # exits, so the requeue submitit would have issued is issued here.
         requeue = self.stop_reason is not None and self.stop_reason != "sigterm" and self.successor is None
+        reason = self.stop_reason or ""
         if self.trainer is not None and self.trainer.poll() is None:
             self.request_stop("sigterm")
             saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
@@ -439,8 +407,9 @@ class Driver:
             self._follow()
             self._exited_event(code, "stopped" if saved else "stopped-unsaved")
         self.ended = True
-        if requeue and not self._reached_target():
-            self.event("requeued", step=self._last_saved(), reason=self.stop_reason, during="sigterm",
+        action = self._decide("sigterm", reason=reason, stopping_for_requeue=requeue)
+        if action.kind == "requeue":
+            self.event("requeued", step=self._last_saved(), reason=action.reason, **action.notes,
                        ok=slurm_act.requeue(self.info.job_id))
         self._teardown()
         # A preemption with PreemptMode=REQUEUE brings the job back after Slurm's hold; release it early.
@@ -454,10 +423,9 @@ class Driver:
         self._follow()
         self._exited_event(code, "stopped")
         self.trainer = None
-        if self._reached_target():
-            self.event("finished", step=self._last_saved())
-            self.ended = True
-            return "finished"
+        action = self._decide("save-now", reached_target=self._reached_target())
+        if action.kind != "requeue":
+            return self._act(action)
         os.kill(os.getpid(), requeue_signal())
         time.sleep(60)  # submitit's handler requeues and exits the process
         return "requeued"
@@ -525,18 +493,54 @@ class Driver:
         reason = classify_exit(code, reached, self.trainer.log_tail(), said)
         if reason == "crashed-other" and self._checkpoint_disk_full():
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
+        lost = None
         if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
             # A lost node can show first as an error the patterns do not name; Ray's health check decides.
-            if ray_cluster.nodes_lost(self.head.address, self.info.nodes):
+            lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes)
+            if lost:
                 reason = "crashed-node"
         self._exited_event(code, reason)
-        if reason == "finished":
-            self.event("finished", step=self.target)
-            self.ended = True
-            return "finished"
-        if self.stop_reason and self._saved_since_stop():
+        action = self._decide("trainer-exited", reason=reason, detail=f"trainer exited with status {code}",
+                              reached_target=reached, stop_saved=bool(self.stop_reason and self._saved_since_stop()),
+                              **self._restart_facts(reason, lost))
+        if action.kind == "finish":
+            return self._act(action, step=self.target)
+        if action.reason == "stop-saved":
             return self._requeue_self()
-        return self._crashed(reason, f"trainer exited with status {code}")
+        if action.kind == "restart-in-job":
+            return self._restart_in_job(action)
+        return self._act(action)
+
+    def _restart_facts(self, reason: str, lost: int | None) -> dict[str, Any]:
+        """What a restart inside the job depends on. Ray's GCS is asked (up to 40 s, the time its health check
+        takes to call a node dead) only for a crash a restart may cure, with restarts left."""
+        cap, times = self.resolved.run.max_in_job_restarts, self.step_times
+        facts: dict[str, Any] = {"restarts": self.restarts_in_job, "max_restarts": cap}
+        if (reason not in chunk_policy.RESTARTABLE or self.restarts_in_job >= cap or self.head is None
+                or self.stop_reason is not None):  # a chunk asked to stop is ending anyway
+            return facts
+        if times and self.trainer_started_at is not None:
+            startup = times[0] - self.trainer_started_at
+            facts["need_s"] = startup + ((times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else startup)
+        if lost is None:
+            lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes) if self.info.nodes > 1 else 0
+        facts["nodes_alive"] = not lost and ray_cluster.count_nodes(self.head.address)[0] >= self.info.nodes
+        if self.end_time:
+            facts["time_left_s"] = self.end_time - time.time() - self.resolved.cluster.signal_lead_s
+        return facts
+
+    def _restart_in_job(self, action: chunk_policy.Action) -> str:
+        """Start verl's trainer again from the newest verified save, in this allocation and Ray cluster. Ray ends
+        the dead driver's workers on every node (its actors die with their job); what the trainer forked
+        itself goes with its process group."""
+        assert self.trainer is not None and self.trainer.pid is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.trainer.pid, signal.SIGKILL)
+        self.restarts_in_job += 1
+        self.event("restarted-in-job", step=self._last_saved(), crash=action.reason, restart=self.restarts_in_job,
+                   of=self.resolved.run.max_in_job_restarts, detail=action.notes.get("detail"))
+        self.trainer, self.first_chunk = None, False
+        return RESTART
 
     def _checkpoint_disk_full(self) -> bool:
         """Less room left where checkpoints go than the newest checkpoint takes."""
@@ -546,31 +550,37 @@ class Driver:
         size = checkpoints.newest_size(ckpt_dir, self.resolved.recipe.world_size)
         return size > 0 and not checkpoints.disk_check(ckpt_dir, size)[0]
 
-    def _give_up(self, reason: str, detail: str) -> bool:
-        """True (and a `failed` event) when the no-progress policy (progress_policy.py) stops the run."""
-        from justrl_hpc.jobs.train import progress_policy as policy
+    def _decide(self, ending: chunk_policy.Ending, **facts: Any) -> chunk_policy.Action:
+        """The facts chunk_policy.decide needs beyond the caller's: the reached target, this chunk's figures for
+        the no-progress count, and the ledger's earlier chunks since the last verified save."""
+        from justrl_hpc.jobs.train import progress_policy
 
-        now, started = time.time(), self.trainer_started_at
-        this = policy.ChunkEnd(reason, self.logged_step is not None, now - self.chunk_started_at,
-                               None if started is None else now - started)
-        ends = [*policy.chunks_since_progress(self.ledger.read(), but=self.chunk), this]
-        cap, res = self.resolved.run.max_no_progress_chunks, self.resolved
-        why = policy.decide(ends, cap, res.time_limit_min * 60, res.cluster.signal_lead_s, detail)
-        if why is None:
-            log(f"{reason}: {detail}; requeueing ({sum(map(policy.counts, ends))}/{cap} chunks without progress)")
-            return False
-        self.event("failed", step=self._last_saved(), reason=why)
-        self.ended = True
-        return True
+        now, started, res = time.time(), self.trainer_started_at, self.resolved
+        facts.setdefault("reached_target", self._reached_target())
+        history = chunk_policy.History(tuple(progress_policy.chunks_since_progress(self.ledger.read(), but=self.chunk)),
+                                       res.run.max_no_progress_chunks, res.time_limit_min * 60,
+                                       res.cluster.signal_lead_s)
+        return chunk_policy.decide(chunk_policy.Facts(
+            ending, stepped=self.logged_step is not None, seconds=now - self.chunk_started_at,
+            trainer_seconds=None if started is None else now - started, **facts), history)
 
-    def _crashed(self, reason: str, detail: str) -> str:
-        """Requeue after a crash, unless too many chunks in a row made no progress."""
-        if self.trainer is None:  # never got to start the trainer
-            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=reason,
-                               detail=detail)
-        if self._give_up(reason, detail):
+    def _act(self, action: chunk_policy.Action, step: int | None = None) -> str:
+        """Carry out a finish, a failure, or a requeue after a crash (submitit's own path: USR2 to itself)."""
+        if action.kind == "finish":
+            self.event("finished", step=step if step is not None else self._last_saved(), **action.notes)
+            self.ended = True
+            return "finished"
+        if action.kind == "fail":
+            self.event("failed", step=self._last_saved(), reason=action.reason)
+            self.ended = True
             return "failed"
-        self.stop_reason = reason
+        assert action.kind == "requeue", action
+        if self.trainer is None:  # never got to start the trainer
+            self.ledger.append("chunk-failed", job_id=self.info.job_id, chunk=self.chunk, reason=action.reason,
+                               detail=action.notes.get("detail", ""))
+        log(f"{action.reason}: {action.notes.get('detail', '')}; requeueing "
+            f"({action.notes.get('without_progress')} chunks without progress)")
+        self.stop_reason = action.reason
         self.trainer = None
         os.kill(os.getpid(), requeue_signal())
         time.sleep(60)  # submitit's handler requeues and exits the process
