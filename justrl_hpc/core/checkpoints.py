@@ -265,3 +265,9 @@ def newest_size(ckpt_dir: Path, world_size: int) -> int:
     if step is None:
         return 0
     return verify(step_dirs(ckpt_dir)[step], world_size).bytes
+
+
+def disk_full(ckpt_dir: Path, world_size: int) -> bool:
+    """Less room left where checkpoints go than the newest checkpoint takes."""
+    size = newest_size(ckpt_dir, world_size)
+    return size > 0 and not disk_check(ckpt_dir, size)[0]

@@ -172,6 +172,15 @@ def format_event(e: dict[str, Any]) -> str:
     return f"{e.get('time', '')} job {e.get('job_id')}{chunk}: {e.get('event')}{step} {extra}".rstrip()
 
 
+def readmit(ledger: Ledger, job_id: str) -> None:
+    """Before a held job is released: nodes whose exclusion expired come back into its ExcNodeList."""
+    from justrl_hpc.core.exclusions import readmission
+
+    back = readmission(ledger.read(), time.time())
+    if back and slurm_act.set_excluded(job_id, back[1]):
+        ledger.append("readmitted", job_id=job_id, nodes=",".join(back[0]), exclude=back[1])
+
+
 def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_grace_s: float = 30.0) -> int:
     """Print ledger events until the run finishes (0) or stops for good (1).
 
@@ -198,6 +207,7 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
                 # Only once the chunk's own releaser had its chance (see release.py: credential revocation).
                 held_since = held_since or time.monotonic()
                 if time.monotonic() - held_since > 5:
+                    readmit(ledger, last_job)
                     slurm_act.release_now(last_job)
             else:
                 held_since = None

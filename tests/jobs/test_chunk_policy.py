@@ -16,6 +16,9 @@ TOO_SHORT = History((ChunkEnd("time-limit", False, 150, 120), ChunkEnd("time-lim
                     30.0)
 CURABLE = {"reason": "crashed-nccl", "detail": "status 1", "stepped": True, "nodes_alive": True, "restarts": 1,
            "max_restarts": 2, "time_left_s": 100.0, "need_s": 100.0}
+BAD_N3 = {"reason": "preflight failed on n3: gpu-remap: GPU 2: a row remap failed", "failed_nodes": ("n3",),
+          "hard": (("n3", "gpu-remap: GPU 2: a row remap failed"),), "alloc_nodes": 4, "max_excluded": 1,
+          "exclude_policy": "act"}
 PREEMPTED = History((ChunkEnd("preempted", False), ChunkEnd("preempted", False)), CAP, 180.0, 30.0)
 
 CASES: list[tuple[str, Facts, History, str, str]] = [
@@ -26,6 +29,24 @@ CASES: list[tuple[str, Facts, History, str, str]] = [
      QUIET, "requeue", "preflight"),
     ("a slow import after two crashes: the cap", Facts("preflight", reason="may pass", transient=True),
      CRASH_LOOP, "fail", "3 chunks in a row made no progress; last: preflight"),
+    # A node that failed on hard evidence is left out (cluster.exclude_policy), within the cap.
+    ("one node's failed row remap: leave it out", Facts("preflight", **BAD_N3), QUIET, "exclude",
+     "preflight failed on n3"),
+    ("observe: say what it would have done, and fail", Facts("preflight", **{**BAD_N3, "exclude_policy": "observe"}),
+     QUIET, "fail", "observe: the chunk would have left n3 out"),
+    ("off: fail as before", Facts("preflight", **{**BAD_N3, "exclude_policy": "off"}), QUIET, "fail",
+     "preflight failed on n3: gpu-remap"),
+    ("one node out already: a second is over the cap", Facts("preflight", **{**BAD_N3, "excluded": ("n7",)}),
+     QUIET, "fail", "that would make 2 nodes excluded, cluster.max_excluded_nodes is 1"),
+    ("the same node again (its exclusion lapsed or never took) stays within the cap",
+     Facts("preflight", **{**BAD_N3, "excluded": ("n3",)}), QUIET, "exclude", "n3"),
+    ("a soft failure (low /dev/shm) never excludes", Facts("preflight", **{**BAD_N3, "hard": ()}), QUIET, "fail",
+     "preflight failed on n3"),
+    ("a node with a hard and a node with a soft failure: no guess", Facts("preflight", **{
+        **BAD_N3, "failed_nodes": ("n3", "n4")}), QUIET, "fail", "preflight failed on n3"),
+    ("every node failed: the install, not a node", Facts("preflight", **{
+        **BAD_N3, "failed_nodes": ("n3", "n4"), "hard": (("n3", "x"), ("n4", "y")), "alloc_nodes": 2,
+        "max_excluded": 4}), QUIET, "fail", "preflight failed on n3"),
     ("no address", Facts("no-address", detail="no address the other nodes can reach: x"), QUIET, "fail",
      "no address"),
     ("Ray's nodes missing: a crash of a node", Facts("ray", detail="Ray saw 3/4 nodes"), QUIET, "requeue",
@@ -128,3 +149,5 @@ def test_a_crash_requeue_says_how_many_chunks_made_no_progress() -> None:
     assert sigterm.notes == {"during": "sigterm"}
     restart = decide(Facts("trainer-exited", **CURABLE))
     assert restart.notes == {"detail": "status 1", "restart": "2"}
+    out = decide(Facts("preflight", **{**BAD_N3, "excluded": ("n1",), "max_excluded": 2}))
+    assert out.notes == {"nodes": "n3", "exclude": "n1,n3", "evidence": "n3: gpu-remap: GPU 2: a row remap failed"}

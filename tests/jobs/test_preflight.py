@@ -283,3 +283,32 @@ def test_the_preflight_event_records_the_cpus_the_node_task_may_use(tmp_path: Pa
     assert preflight.on_this_node(rehearsal(), d, ledger, "42", 0, 0)["ok"]
     (event,) = [e for e in ledger.read() if e["event"] == "preflight"]
     assert event["cpus"] == len(os.sched_getaffinity(0)) and "transient" not in event
+
+
+def _result(node: str, *failed: str, hard: tuple[str, ...] = (), passed: str = "shm,imports",
+            transient: bool = False) -> dict:
+    return {"node": node, "ok": not failed, "failed": list(failed), "hard": list(hard), "passed": passed,
+            "transient": transient}
+
+
+@pytest.mark.parametrize(("results", "evidence"), [
+    ([_result("n1"), _result("n2", "gpu-remap: GPU 1: a row remap failed", hard=("gpu-remap: GPU 1: a row remap failed",))],
+     {"n2": "gpu-remap: GPU 1: a row remap failed"}),
+    ([_result("n1"), _result("n2", "shm: /dev/shm has 0.1 GB free")], {}),  # soft: no evidence against n2
+    ([_result("n1"), _result("n2", "imports: cannot import vllm", passed="shm")],
+     {"n2": "imports: cannot import vllm"}),  # broken on that node only
+    ([_result("n1", "imports: cannot import vllm", passed="shm"),
+      _result("n2", "imports: cannot import vllm", passed="shm")], {}),  # broken everywhere: the install
+    ([_result("n1"), _result("n2", "imports: importing took over 600 s", passed="shm", transient=True)], {}),
+])
+def test_hard_evidence_is_against_the_node_itself(results: list[dict], evidence: dict) -> None:
+    assert preflight.hard_evidence(results) == evidence
+
+
+def test_hard_gpu_failures_are_marked_hard(tmp_path: Path) -> None:
+    checks = preflight.check_gpus(a800(), ReplayBackend(recording(tmp_path, DCGM_FI_DEV_ROW_REMAP_FAILURE=1,
+                                                                  DCGM_FI_DEV_ECC_DBE_VOL_TOTAL=2)), NO_XIDS)
+    bad = {k.name: k.hard for k in checks if not k.ok}
+    assert bad == {"gpu-ecc": True, "gpu-remap": True}
+    result = preflight.summary(checks, 1.0)
+    assert [h.split(":")[0] for h in result["hard"]] == ["gpu-ecc", "gpu-remap"]

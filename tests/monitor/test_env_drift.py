@@ -104,3 +104,17 @@ def test_two_real_preflights_with_different_drivers_raise_the_alert_in_scan(tmp_
     assert len(drift) == 1, out.stdout
     assert "driver 535.183.01 → 550.54.15" in drift[0] and "cuda 12.2 → 12.4" in drift[0], drift[0]
     assert "and job 77 chunk 2" in drift[0]
+
+
+def test_a_node_left_out_is_said_while_it_is_out() -> None:
+    from justrl_hpc.monitor.rules.environment import evaluate_exclusions
+
+    now = 1_000_000.0
+    events = [{"event": "excluded", "job_id": "9", "chunk": 4, "nodes": "n3", "exclude": "n3", "until": now + 7200,
+               "evidence": "n3: gpu-remap: GPU 2: a row remap failed"}]
+    (f,) = evaluate_exclusions(events, now)
+    assert (f.key, f.severity, f.node) == ("E2-node-excluded:n3", "warn", "n3")
+    assert "left out of job 9 at chunk 4 for 2.0 h more: n3: gpu-remap" in f.message
+    assert evaluate_exclusions(events, now + 7201) == []  # expired: readmitted at the next release
+    readmitted = [*events, {"event": "readmitted", "nodes": "n3", "exclude": ""}]
+    assert evaluate_exclusions(readmitted, now) == []

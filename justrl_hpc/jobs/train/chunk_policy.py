@@ -26,7 +26,7 @@ from justrl_hpc.jobs.train.progress_policy import ChunkEnd
 #   sigterm        SIGTERM (a SIGTERM-only preemption, or the limit's own during a stop)
 Ending = Literal["preflight", "no-address", "ray", "no-checkpoint", "target-saved", "disk-low", "trainer-exited",
                  "save-now", "limit-signal", "sigterm"]
-Kind = Literal["finish", "requeue", "fail", "exit", "restart-in-job"]
+Kind = Literal["finish", "requeue", "fail", "exit", "restart-in-job", "exclude"]
 # Crash classes a fresh start of the trainer may cure, while every node lives (Ray's GCS says so): an NCCL
 # error, a worker's OOM, a dead vLLM engine or Ray actor, an exception the patterns do not name. Not a full
 # disk, a clean exit short of the target, a failed preflight or a lost node: a restart meets them again.
@@ -61,6 +61,14 @@ class Facts:
     # this chunk so far and its cap, the seconds left before the pre-limit signal, and what a restart needs
     # (this chunk's start-up to its first step plus a step; None before its first step: not known to fit).
     nodes_alive: bool | None = None
+    # preflight: the evidence against each node that failed on hard evidence (preflight.hard_evidence), the
+    # nodes of the allocation and those failed, the nodes already left out (unexpired), the cap and the policy.
+    hard: tuple[tuple[str, str], ...] = ()
+    failed_nodes: tuple[str, ...] = ()
+    alloc_nodes: int = 0
+    excluded: tuple[str, ...] = ()
+    max_excluded: int = 0
+    exclude_policy: str = "off"
     restarts: int = 0
     max_restarts: int = 0
     time_left_s: float | None = None
@@ -84,11 +92,30 @@ def _crash(f: Facts, h: History, reason: str, detail: str) -> Action:
                                             "without_progress": f"{sum(map(progress_policy.counts, ends))}/{h.cap}"})
 
 
+def _bad_nodes(f: Facts) -> Action:
+    """Leave the failed nodes out and requeue, when every one of them failed on hard evidence, some node of
+    the allocation passed (all failing is the install or the cluster file, not a node), and the nodes left out
+    stay within the cap; else fail and say why none was left out."""
+    hard = dict(f.hard)
+    bad = sorted(set(f.failed_nodes))
+    if f.exclude_policy == "off" or not bad or not set(bad) <= set(hard) or len(bad) >= f.alloc_nodes:
+        return Action("fail", f.reason)
+    out = sorted(set(f.excluded) | set(bad))
+    nodes, evidence = ",".join(bad), "; ".join(f"{n}: {hard[n]}" for n in bad)
+    if len(out) > f.max_excluded:
+        return Action("fail", f"{f.reason} (not left out automatically: that would make {len(out)} nodes "
+                      f"excluded, cluster.max_excluded_nodes is {f.max_excluded})")
+    if f.exclude_policy == "observe":
+        return Action("fail", f"{f.reason} (cluster.exclude_policy is observe: the chunk would have left "
+                      f"{nodes} out and requeued)", notes={"would_exclude": nodes, "evidence": evidence})
+    return Action("exclude", f.reason, notes={"nodes": nodes, "exclude": ",".join(out), "evidence": evidence})
+
+
 def decide(f: Facts, h: History = History()) -> Action:
     """The chunk's next action. Pure: facts and history in, an action out."""
     if f.ending == "preflight":
         # A bad node stays bad: requeueing onto it would fail again. One only slow to import may pass next time.
-        return _crash(f, h, "preflight", f.reason) if f.transient else Action("fail", f.reason)
+        return _crash(f, h, "preflight", f.reason) if f.transient else _bad_nodes(f)
     if f.ending == "ray":
         return _crash(f, h, "crashed-node", f.detail)
     if f.ending in ("no-address", "no-checkpoint", "disk-low"):

@@ -17,11 +17,18 @@ import sys
 import time
 from typing import Any
 
-from justrl_hpc.core import slurm, slurm_act
+from justrl_hpc.core import checkpoints, exclusions, slurm, slurm_act
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.recipe import ChunkContext, trainer_command
 from justrl_hpc.core.run_folder import atomic_write, load
-from justrl_hpc.jobs.train import chunk_policy, cleanup, preflight, ray_cluster, slurm_log, successor
+from justrl_hpc.jobs.train import (
+    chunk_policy,
+    cleanup,
+    preflight,
+    ray_cluster,
+    slurm_log,
+    successor,
+)
 from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.in_worker.deadline_hook import (
@@ -150,8 +157,33 @@ class Driver:
         reason = preflight.verdict(results, info.run_dir)
         if reason is None:
             return None
-        return self._act(self._decide("preflight", reason=reason, detail=reason,
-                                      transient=preflight.transient(results)))
+        c = res.cluster
+        action = self._decide(
+            "preflight", reason=reason, detail=reason, transient=preflight.transient(results),
+            hard=tuple(preflight.hard_evidence(results).items()), alloc_nodes=info.nodes,
+            failed_nodes=tuple(str(r["node"]) for r in results if not r["ok"] and not r.get("transient")),
+            excluded=tuple(exclusions.active(self.ledger.read(), time.time())), max_excluded=c.max_excluded_nodes,
+            exclude_policy=c.exclude_policy)
+        if action.kind == "exclude":
+            return self._exclude(action)
+        if "would_exclude" in action.notes:
+            self.event("would-exclude", nodes=action.notes["would_exclude"], evidence=action.notes["evidence"])
+        return self._act(action)
+
+    def _exclude(self, action: chunk_policy.Action) -> str:
+        """Requeue this job with the bad nodes in its ExcNodeList (settable only once the job is pending: the
+        requeue first, then the list, in the seconds before the requeue's SIGKILL), then hand it over."""
+        now = time.time()
+        until = now + self.resolved.cluster.exclude_for_h * 3600
+        nodes = action.notes["nodes"]
+        exclude = exclusions.job_list(self.ledger.read(), now, nodes.split(","))  # with the person's own
+        self.event("excluded", nodes=nodes, exclude=exclude, evidence=action.notes["evidence"], until=round(until))
+        self.ended = True  # the requeue's SIGTERM must not stop this
+        ok = slurm_act.requeue(self.info.job_id)
+        applied = ok and slurm_act.set_excluded_when_pending(self.info.job_id, exclude)
+        self.event("requeued", reason="excluded", exclude=exclude, ok=ok, exclude_set=applied)
+        self._hand_over()
+        return "requeued"
 
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved
@@ -190,10 +222,10 @@ class Driver:
         """Resume from the newest verified save and run verl's trainer until it ends (again after a restart)."""
         info, res = self.info, self.resolved
         assert self.head is not None
-        from justrl_hpc.core import checkpoints
-
         ckpt_dir = info.paths.checkpoints
-        self._steps_from_tensorboard(*self._previous_trainer())
+        from justrl_hpc.jobs.train.logged_steps import previous_trainer
+
+        self._steps_from_tensorboard(*previous_trainer(self.ledger.read()))
         decision = checkpoints.prepare_resume(
             ckpt_dir, res.recipe.world_size, ledger=self.ledger, job_id=info.job_id, chunk=self.chunk
         )
@@ -261,8 +293,6 @@ class Driver:
             self.logged_step = step if self.logged_step is None else max(self.logged_step, step)
         tracked = self.trainer.tracker_step()
         if tracked is not None and tracked not in self.saved_steps and tracked > (self.start_step or 0):
-            from justrl_hpc.core import checkpoints
-
             step_dir = self.info.paths.checkpoints / f"global_step_{tracked}"
             verdict = checkpoints.verify(step_dir, self.resolved.recipe.world_size)
             if verdict.ok:
@@ -287,8 +317,6 @@ class Driver:
         return any(s <= logged for s in self._saves_after_stop())
 
     def _retention(self) -> None:
-        from justrl_hpc.core import checkpoints
-
         run = self.resolved.run
         deleted = checkpoints.apply_retention(
             self.info.paths.checkpoints,
@@ -463,15 +491,6 @@ class Driver:
                     self.trainer.last_step = step
                     self.trainer.steps_seen.append(step)
 
-    def _previous_trainer(self) -> tuple[float | None, str | None, int | None]:
-        """When the run's latest trainer started, its job and chunk (from the ledger); None before the first."""
-        from justrl_hpc.core.ledger import parse_time
-
-        starts = [e for e in self.ledger.read() if e.get("event") == "trainer-started" and e.get("time")]
-        if not starts:
-            return None, None, None
-        return parse_time(starts[-1]["time"]), starts[-1].get("job_id"), starts[-1].get("chunk")
-
     def _exited_event(self, code: int | None, reason: str) -> None:
         assert self.trainer is not None
         self._steps_from_tensorboard(self.trainer_started_at)
@@ -491,7 +510,8 @@ class Driver:
         reached = self._reached_target()
         said = slurm_log.slurm_said(self.info.paths, self.info.job_id, self.slurm_marks)
         reason = classify_exit(code, reached, self.trainer.log_tail(), said)
-        if reason == "crashed-other" and self._checkpoint_disk_full():
+        if reason == "crashed-other" and checkpoints.disk_full(self.info.paths.checkpoints,
+                                                                self.resolved.recipe.world_size):
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
         lost = None
         if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
@@ -541,14 +561,6 @@ class Driver:
                    of=self.resolved.run.max_in_job_restarts, detail=action.notes.get("detail"))
         self.trainer, self.first_chunk = None, False
         return RESTART
-
-    def _checkpoint_disk_full(self) -> bool:
-        """Less room left where checkpoints go than the newest checkpoint takes."""
-        from justrl_hpc.core import checkpoints
-
-        ckpt_dir = self.info.paths.checkpoints
-        size = checkpoints.newest_size(ckpt_dir, self.resolved.recipe.world_size)
-        return size > 0 and not checkpoints.disk_check(ckpt_dir, size)[0]
 
     def _decide(self, ending: chunk_policy.Ending, **facts: Any) -> chunk_policy.Action:
         """The facts chunk_policy.decide needs beyond the caller's: the reached target, this chunk's figures for

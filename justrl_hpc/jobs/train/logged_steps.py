@@ -54,3 +54,13 @@ def record_unseen(ledger: Any, tb_dir: Path, since: float, known: int, job_id: s
     for step in new:
         ledger.append("step", job_id=job_id, chunk=chunk, step=step, source="tensorboard")
     return new
+
+
+def previous_trainer(events: list[dict[str, Any]]) -> tuple[float | None, str | None, int | None]:
+    """When the run's latest trainer started, its job and chunk (from the ledger); None before the first."""
+    from justrl_hpc.core.ledger import parse_time
+
+    starts = [e for e in events if e.get("event") == "trainer-started" and e.get("time")]
+    if not starts:
+        return None, None, None
+    return parse_time(starts[-1]["time"]), starts[-1].get("job_id"), starts[-1].get("chunk")

@@ -50,6 +50,7 @@ class Check:
     warning: bool = False  # reported with the node's result; never fails it
     transient: bool = False  # a failure another try may not meet (an import that outlasted the timeout)
     facts: dict[str, Any] | None = None  # versions this check read (the node's `env`, compared across chunks)
+    hard: bool = False  # a failure that is evidence against the node itself (cluster.exclude_policy may leave it out)
 
 
 # -- GPUs ------------------------------------------------------------------------------------------------
@@ -106,20 +107,22 @@ def gpu_checks(resolved: Resolved, reading: Any, inventory: dict[str, Any],
         i = g.get("index")
         if (g.get("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL") or 0) > 0:
             checks.append(Check("gpu-ecc", False, f"GPU {i}: {g['DCGM_FI_DEV_ECC_DBE_VOL_TOTAL']} uncorrectable "
-                                "ECC errors since the driver loaded (reset the GPU or drain the node)"))
+                                "ECC errors since the driver loaded (reset the GPU or drain the node)", hard=True))
         if g.get("DCGM_FI_DEV_ROW_REMAP_FAILURE"):
-            checks.append(Check("gpu-remap", False, f"GPU {i}: a row remap failed (the GPU needs replacing)"))
+            checks.append(Check("gpu-remap", False, f"GPU {i}: a row remap failed (the GPU needs replacing)",
+                                hard=True))
         elif g.get("DCGM_FI_DEV_ROW_REMAP_PENDING"):
             checks.append(Check("gpu-remap", False, f"GPU {i}: a row remap is pending (a GPU reset applies it)"))
     for g in gpus:
         action = g.get("recovery_action")
         if action:  # NVML_GPU_RECOVERY_ACTION_NONE is 0
             checks.append(Check("gpu-recovery", False, f"GPU {g.get('index')}: the driver asks for recovery "
-                                f"action {action} (1 reset, 2 node reboot, 3/4 drain)"))
+                                f"action {action} (1 reset, 2 node reboot, 3/4 drain)", hard=True))
         for p in g.get("processes") or []:
             used = f", {p['used_mib']} MiB" if p.get("used_mib") else ""
+            # Checked after the chunk's clean-up ended what earlier incarnations left: this one will not die.
             checks.append(Check("gpu-free", False, f"GPU {g.get('index')} is held by pid {p['pid']} "
-                                f"({_command_of(int(p['pid']))}{used})"))
+                                f"({_command_of(int(p['pid']))}{used})", hard=True))
     if gpus:
         kernel = kernel or kernel_log.kernel_xids()
         bad = sorted({(bus.get(_bus(b), b), x) for b, x in kernel.xids if x in XID_CRITICAL}, key=str)
@@ -128,7 +131,7 @@ def gpu_checks(resolved: Resolved, reading: Any, inventory: dict[str, Any],
                                 warning=True))
         elif bad:
             checks.append(Check("gpu-xid", False, f"XIDs {kernel.since} that need a reset or reboot: "
-                                + ", ".join(f"GPU {g} XID {x}" for g, x in bad)))
+                                + ", ".join(f"GPU {g} XID {x}" for g, x in bad), hard=True))
         else:
             checks.append(Check("gpu-xid", True, f"no XID {kernel.since} that needs a reset or reboot"))
     if not any(not k.ok for k in checks) and gpus:
@@ -421,6 +424,7 @@ def summary(checks: list[Check], seconds: float) -> dict[str, Any]:
         # Every failure here may pass on another try: the chunk is requeued, not the run failed.
         "transient": bool(failed) and all(k.transient for k in failed),
         "warnings": [f"{k.name}: {k.detail}" for k in checks if k.warning],
+        "hard": [f"{k.name}: {k.detail}" for k in failed if k.hard],
         "passed": [k.name for k in checks if k.ok and not k.warning],
         "seconds": round(seconds, 2),
         # What the node runs (driver, CUDA, GPU model, torch, vLLM, verl, transformers, NCCL): the monitor's
@@ -494,6 +498,28 @@ def transient(results: list[dict[str, Any]]) -> bool:
     failing the run."""
     bad = [r for r in results if not r["ok"]]
     return bool(bad) and all(r.get("transient") for r in bad)
+
+
+def hard_evidence(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Per failed node, the evidence against the node itself: a hard check (GPU recovery action, ECC, a failed
+    remap, a critical XID, a GPU held), or an import that failed there while it passed on another node (a
+    broken install on that node only). A node that failed only softly (shared memory, a slow import) is not
+    in it: leaving it out would be a guess."""
+    def passed(r: dict[str, Any]) -> list[str]:
+        p = r.get("passed") or []
+        return p.split(",") if isinstance(p, str) else list(p)
+
+    imported = any("imports" in passed(r) for r in results)
+    out = {}
+    for r in results:
+        if r.get("ok") or r.get("transient"):
+            continue
+        hard = list(r.get("hard") or [])
+        if imported:
+            hard += [f for f in r.get("failed") or [] if f.startswith("imports:")]
+        if hard:
+            out[str(r["node"])] = hard[0]
+    return out
 
 
 def verdict(results: list[dict[str, Any]], run_dir: Path) -> str | None:

@@ -334,7 +334,9 @@ def make_backend(spec: str) -> nvml.Backend:
     if spec == "none":
         return nvml.NoneBackend()
     if spec.startswith("replay:") and len(spec) > len("replay:"):
-        return replay.ReplayBackend(Path(spec.removeprefix("replay:")))
+        # `{node}`: one recording per node (a test's bad node among good ones on the one-machine dev cluster).
+        node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+        return replay.ReplayBackend(Path(spec.removeprefix("replay:").replace("{node}", node)))
     if spec == "auto":
         return nvml.AutoBackend()
     raise ValueError(spec)

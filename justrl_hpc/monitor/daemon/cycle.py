@@ -338,7 +338,8 @@ class RunMonitor:
         if by_host:
             self.book.update("gpu", gpu_rules.evaluate(by_host, now, self.config.gpu), now)
         self.book.update("progress", self._progress(now), now)
-        self.book.update("environment", environment_rules.evaluate_environment(self.events), now)
+        self.book.update("environment", environment_rules.evaluate_environment(self.events)
+                         + environment_rules.evaluate_exclusions(self.events, now), now)
         self.book.update("sinks", self.dispatcher.findings(), now)
         state = {
             "ledger_offset": self.ledger_offset,

@@ -61,3 +61,22 @@ def evaluate_environment(events: Sequence[Mapping[str, Any]]) -> list[Finding]:
             node=node,
         ))
     return out
+
+
+def evaluate_exclusions(events: Sequence[Mapping[str, Any]], now: float) -> list[Finding]:
+    """E2-node-excluded (warn), one per node the chunks left out of the job (cluster.exclude_policy: act) while
+    the exclusion is in force: which node, on what evidence, until when. The chunk acted; the monitor says so."""
+    from justrl_hpc.core.exclusions import active
+
+    evs = [e for e in events if isinstance(e, Mapping)]
+    out = []
+    for node, until in sorted(active(evs, now).items()):
+        e = next(e for e in reversed(evs) if e.get("event") == "excluded" and node in str(e.get("nodes")).split(","))
+        left = (until - now) / 3600
+        out.append(Finding.of(
+            "E2-node-excluded", "warn", node, "excluded", node, None,
+            f"{node} left out of job {e.get('job_id')} at chunk {e.get('chunk')} for {left:.1f} h more: "
+            f"{e.get('evidence')}; the run goes on without it",
+            node=node,
+        ))
+    return out
