@@ -104,6 +104,7 @@ def launch_new(
             job_id=job_id,
             chunk=None,
             nodes=nodes,
+            exclude=exclude,
             recipe=resolved.recipe.name,
             fingerprint=resolved.recipe.fingerprint(),
         )
@@ -165,7 +166,8 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def format_event(e: dict[str, Any]) -> str:
-    skip = {"event", "time", "job_id", "chunk", "step", "host", "pid"}
+    # The node's versions and kernel-log mark are for the monitor (E1-env-drift, the XID check), not the eye.
+    skip = {"event", "time", "job_id", "chunk", "step", "host", "pid", "env", "kmsg_boot", "kmsg_seq"}
     extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in skip and v is not None)
     chunk = f" chunk {e['chunk']}" if e.get("chunk") is not None else ""
     step = f" step {e['step']}" if e.get("step") is not None else ""
@@ -178,7 +180,7 @@ def readmit(ledger: Ledger, job_id: str) -> None:
 
     back = readmission(ledger.read(), time.time())
     if back and slurm_act.set_excluded(job_id, back[1]):
-        ledger.append("readmitted", job_id=job_id, nodes=",".join(back[0]), exclude=back[1])
+        ledger.append("readmitted", job_id=job_id, chunk=None, nodes=",".join(back[0]), exclude=back[1])
 
 
 def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_grace_s: float = 30.0) -> int:
@@ -195,7 +197,8 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
         events, offset = ledger.tail(offset)
         for e in events:
             if e.get("job_id"):
-                last_job = str(e["job_id"])
+                # A chunk handed over to a chained job (no requeue, or a node left out): follow that one.
+                last_job = str(e.get("chained_to") or e["job_id"])
             if e.get("event") == "step" and not show_steps:
                 continue
             print(format_event(e), flush=True)

@@ -72,8 +72,8 @@ def _job_field(job: str, name: str) -> str:
 def test_a_node_with_a_failed_row_remap_is_left_out_and_the_run_finishes_on_the_others(devcluster, rehearsal_data,
                                                                                        tmp_path):
     """n1's GPU reports a failed row remap; a blocker holding n3 and n4's memory makes the first chunk take n1
-    and n2. The chunk requeues itself with n1 in its ExcNodeList (the person's own --exclude kept), the
-    blocker goes, and the run finishes on nodes without n1."""
+    and n2. The chunk hands the run to a chained job that Slurm must not give n1 (the person's own --exclude
+    kept), the blocker goes, and the run finishes on nodes without n1."""
     backend = _recordings(tmp_path / "nvml", bad="n1")
     blocker = subprocess.run(["sbatch", "--parsable", "-N2", "-w", "n3,n4", "--mem=16000", "--time=10",
                               "-o", "/dev/null", "--wrap", "sleep 600"], capture_output=True, text=True,
@@ -91,12 +91,13 @@ def test_a_node_with_a_failed_row_remap_is_left_out_and_the_run_finishes_on_the_
     assert proc.returncode == 0, out[-3000:]
     assert excluded["nodes"] == "n1" and excluded["exclude"] == "n1,n4", excluded
     assert excluded["evidence"].startswith("n1: gpu-remap: GPU 2: a row remap failed"), excluded
-    (requeued,) = [e for e in events(run_dir, "requeued") if e.get("reason") == "excluded"]
-    assert requeued["ok"] and requeued["exclude_set"], requeued
-    job = str(excluded["job_id"])
-    assert _job_field(job, "ExcNodeList") == "n1,n4"
+    (handed,) = [e for e in events(run_dir, "requeued") if e.get("reason") == "excluded"]
+    (chained,) = events(run_dir, "chained")
+    assert handed["chained_to"] == chained["job_id"] != excluded["job_id"] and chained["exclude"] == "n1,n4"
+    assert _job_field(str(chained["job_id"]), "ExcNodeList") == "n[1,4]"  # Slurm's own spelling
     started = events(run_dir, "started")
-    assert "n1" in started[0]["hosts"].split(",") and "n1" not in started[-1]["hosts"].split(","), started
+    assert len(started) == 2 and len(events(run_dir, "excluded")) == 1, started
+    assert started[0]["hosts"] == "n1,n2" and "n1" not in started[1]["hosts"].split(","), started
     assert events(run_dir, "finished") and len(events(run_dir, "submitted")) == 1
     assert "excluded" in out  # `launch --wait` prints the ledger's events
 
@@ -115,7 +116,7 @@ def test_launch_wait_readmits_an_expired_exclusion_before_it_releases_a_held_job
     job = held.stdout.strip()
     try:
         ledger = Ledger(tmp_path)
-        ledger.append("submitted", job_id=job, exclude="n4")
+        ledger.append("submitted", job_id=job, chunk=None, exclude="n4")
         ledger.append("excluded", job_id=job, chunk=1, nodes="n1", exclude="n1,n4", until=time.time() - 1,
                       evidence="n1: gpu-xid: GPU 0 XID 79")
         readmit(ledger, job)

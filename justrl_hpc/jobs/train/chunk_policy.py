@@ -82,6 +82,17 @@ class Action:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def restart_need_s(trainer_started_at: float | None, step_times: list[float]) -> float | None:
+    """What a restart needs before its first save can come: this trainer's start-up to its first step, plus a
+    step (the mean so far; the start-up again when one step is all there is). None before the first step."""
+    if not step_times or trainer_started_at is None:
+        return None
+    startup = step_times[0] - trainer_started_at
+    if len(step_times) < 2:
+        return 2 * startup
+    return startup + (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+
+
 def _crash(f: Facts, h: History, reason: str, detail: str) -> Action:
     """Requeue after a crash, unless too many chunks in a row made no progress."""
     ends = [*h.ends, ChunkEnd(reason, f.stepped, f.seconds, f.trainer_seconds)]

@@ -1,10 +1,8 @@
-"""Rank 0 of one chunk on the allocation (entry.TrainChunk hands it over).
-
-The driver brings up Ray, verifies the checkpoint to resume from, runs the trainer with the job's end
-time as verl's deadline, follows its steps and saves, and decides how the chunk ends: finished, stopped for a
-requeue (pre-limit signal, preemption, save-now), or crashed (requeued until too many chunks make no progress).
-Every other rank joins Ray and runs the node agent until the driver is done (nodes.run_node). Every transition is a ledger event.
-"""
+"""Rank 0 of one chunk on the allocation (entry.TrainChunk hands it over): it brings up Ray, verifies the
+checkpoint to resume from, runs the trainer with the job's end time as verl's deadline, follows its steps and
+saves, gathers the facts of how the chunk ends and carries out what chunk_policy decides (finish, requeue,
+restart in the job, leave a node out, fail). Every other rank joins Ray and runs the node agent until the driver
+is done (nodes.run_node). Every transition is a ledger event."""
 
 from __future__ import annotations
 
@@ -37,13 +35,7 @@ from justrl_hpc.jobs.train.in_worker.deadline_hook import (
     clear_tracker_requests,
     request_tracker_finish,
 )
-from justrl_hpc.jobs.train.nodes import (
-    clean_stale,
-    put_code_first,
-    ray_resources,
-    start_agent,
-    stop_process,
-)
+from justrl_hpc.jobs.train.nodes import clean_stale, put_code_first, ray_resources, start_agent, stop_process
 from justrl_hpc.jobs.train.release import spawn_releaser
 from justrl_hpc.jobs.train.signals import ignore_limit_signal, requeue_signal
 from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
@@ -96,16 +88,15 @@ class Driver:
 
     # -- the dependency chain (clusters with requeue_allowed: false): jobs/train/successor.py ------------------
 
-    def _arm_successor(self) -> None:
-        self.successor = successor.arm(self.resolved, self.info, self.ledger, self.chunk, self.event)
+    def _arm_successor(self, exclude: str | None = None) -> None:
+        self.successor = successor.arm(self.resolved, self.info, self.ledger, self.chunk, self.event, exclude)
 
     def _end_chain(self) -> None:
-        job, self.successor = self.successor, None
-        if job is not None:
+        if (job := self.successor) is not None:
+            self.successor = None
             successor.cancel(job, self.resolved.run.name, self.info.job_id, self.ledger, self.chunk)
 
-    def _hand_over(self) -> None:
-        """The chunk is done and the run goes on: requeue is Slurm's job, or the chained successor's."""
+    def _hand_over(self) -> None:  # the run goes on: requeue is Slurm's job, or the chained successor's
         if self.successor is None:
             spawn_releaser(self.info.job_id)
 
@@ -157,13 +148,9 @@ class Driver:
         reason = preflight.verdict(results, info.run_dir)
         if reason is None:
             return None
-        c = res.cluster
-        action = self._decide(
-            "preflight", reason=reason, detail=reason, transient=preflight.transient(results),
-            hard=tuple(preflight.hard_evidence(results).items()), alloc_nodes=info.nodes,
-            failed_nodes=tuple(str(r["node"]) for r in results if not r["ok"] and not r.get("transient")),
-            excluded=tuple(exclusions.active(self.ledger.read(), time.time())), max_excluded=c.max_excluded_nodes,
-            exclude_policy=c.exclude_policy)
+        excluded = tuple(exclusions.active(self.ledger.read(), time.time()))
+        action = self._decide("preflight", reason=reason, detail=reason,
+                              **preflight.policy_facts(results, info.nodes, excluded, res.cluster))
         if action.kind == "exclude":
             return self._exclude(action)
         if "would_exclude" in action.notes:
@@ -171,19 +158,23 @@ class Driver:
         return self._act(action)
 
     def _exclude(self, action: chunk_policy.Action) -> str:
-        """Requeue this job with the bad nodes in its ExcNodeList (settable only once the job is pending: the
-        requeue first, then the list, in the seconds before the requeue's SIGKILL), then hand it over."""
+        """End this job and leave the run to a chained job (afterany) whose --exclude holds the bad nodes beside
+        the person's own. Not a requeue: Slurm sets ExcNodeList only on a pending job, and a requeued one turns
+        pending only after this process is gone (docs/chunks.md)."""
         now = time.time()
-        until = now + self.resolved.cluster.exclude_for_h * 3600
         nodes = action.notes["nodes"]
         exclude = exclusions.job_list(self.ledger.read(), now, nodes.split(","))  # with the person's own
-        self.event("excluded", nodes=nodes, exclude=exclude, evidence=action.notes["evidence"], until=round(until))
-        self.ended = True  # the requeue's SIGTERM must not stop this
-        ok = slurm_act.requeue(self.info.job_id)
-        applied = ok and slurm_act.set_excluded_when_pending(self.info.job_id, exclude)
-        self.event("requeued", reason="excluded", exclude=exclude, ok=ok, exclude_set=applied)
-        self._hand_over()
-        return "requeued"
+        self.event("excluded", nodes=nodes, exclude=exclude, evidence=action.notes["evidence"],
+                   until=round(now + self.resolved.cluster.exclude_for_h * 3600))
+        self.ended = True  # this job ends here: no pre-limit signal or SIGTERM makes it requeue
+        self._end_chain()  # a successor armed at the start (clusters without requeue) lacks the exclusion
+        self._arm_successor(exclude)
+        if self.successor is None:  # sbatch refused it: chain-broken says why; the run waits for a person
+            return self._act(chunk_policy.Action("fail", f"{action.reason}; the next chunk without "
+                                                 f"{nodes} could not be submitted"))
+        self.event("requeued", reason="excluded", chained_to=self.successor, exclude=exclude)
+        self.successor = None  # handed over: this job's end must not cancel it
+        return "chained"
 
     def _bring_up_and_train(self) -> str:
         info, res = self.info, self.resolved
@@ -317,16 +308,11 @@ class Driver:
         return any(s <= logged for s in self._saves_after_stop())
 
     def _retention(self) -> None:
+        # The newest save of a logged step is what the next chunk resumes from when newer saves turn out never
+        # logged (prepare_resume sets those aside): keep_last must not delete it for them.
         run = self.resolved.run
-        deleted = checkpoints.apply_retention(
-            self.info.paths.checkpoints,
-            self.resolved.recipe.world_size,
-            run.keep_last,
-            run.keep_every,
-            # The newest save of a logged step is what the next chunk resumes from when newer saves turn out
-            # never logged (prepare_resume sets those aside): keep_last must not delete it for them.
-            protect={self._last_saved() or 0} - {0},
-        )
+        deleted = checkpoints.apply_retention(self.info.paths.checkpoints, self.resolved.recipe.world_size,
+                                              run.keep_last, run.keep_every, protect={self._last_saved() or 0} - {0})
         if deleted:
             log(f"retention deleted checkpoints {deleted}")
 
@@ -399,13 +385,10 @@ class Driver:
         return True
 
     def _stop_trainer(self, grace_s: float = 20.0, exit_wait_s: float | None = None) -> int | None:
-        """Stop the trainer; first, with W&B among the trackers, ask verl's logging actor to end its W&B run
-        (in_worker.deadline_hook) and wait a few seconds for its answer, so the offline file keeps its last
-        steps. The stop comes after the save, so a step logged after that is trained again next chunk.
-
-        A trainer whose last step is saved and logged is ending by itself: verl ends its W&B run as `fit`
-        returns, and W&B keeps a step's row open until then, so a stop during that finish (CI saw it) loses the
-        run's last step. It gets up to `exit_wait_s` (default: what the limit leaves, at most a minute)."""
+        """Stop the trainer; with W&B among the trackers, first ask verl's logging actor to end its W&B run
+        (in_worker.deadline_hook) so the offline file keeps its last steps. A trainer whose last step is saved
+        and logged is ending by itself (verl ends its W&B run as `fit` returns; a stop during that finish lost
+        the run's last step in CI): it gets up to `exit_wait_s` (default: what the limit leaves, at most 60 s)."""
         assert self.trainer is not None
         if self._reached_target():
             wait = min(FINAL_EXIT_S, self._save_budget()) if exit_wait_s is None else exit_wait_s
@@ -476,14 +459,12 @@ class Driver:
         in the name of the chunk whose trainer logged them (by default this one)."""
         if since is None:
             return
-        from justrl_hpc.core.checkpoints import logged_steps
         from justrl_hpc.jobs.train.logged_steps import record_unseen
 
         job_id, chunk = (job_id, chunk) if job_id is not None else (self.info.job_id, self.chunk)
-        known = max(self.logged_step or 0, self.start_step or 0, logged_steps(self.ledger) or 0)
-        for step in record_unseen(self.ledger, self.info.paths.tensorboard, since, known, job_id, chunk):
-            log(f"run {self.resolved.run.name} job {job_id} chunk {chunk}: step {step} source=tensorboard "
-                "(its console line never reached the trainer log)")
+        known = max(self.logged_step or 0, self.start_step or 0, checkpoints.logged_steps(self.ledger) or 0)
+        for step in record_unseen(self.ledger, self.info.paths.tensorboard, since, known, job_id, chunk,
+                                  f"run {self.resolved.run.name}"):
             if job_id == self.info.job_id and chunk == self.chunk:
                 self._steps_via_tensorboard.add(step)
                 self.logged_step = step
@@ -532,16 +513,16 @@ class Driver:
         return self._act(action)
 
     def _restart_facts(self, reason: str, lost: int | None) -> dict[str, Any]:
-        """What a restart inside the job depends on. Ray's GCS is asked (up to 40 s, the time its health check
-        takes to call a node dead) only for a crash a restart may cure, with restarts left."""
-        cap, times = self.resolved.run.max_in_job_restarts, self.step_times
+        """What a restart inside the job depends on. Ray's GCS is asked (up to 40 s, its health check's time to
+        call a node dead) only for a crash a restart may cure, with restarts left, in a chunk not stopping."""
+        cap = self.resolved.run.max_in_job_restarts
         facts: dict[str, Any] = {"restarts": self.restarts_in_job, "max_restarts": cap}
         if (reason not in chunk_policy.RESTARTABLE or self.restarts_in_job >= cap or self.head is None
-                or self.stop_reason is not None):  # a chunk asked to stop is ending anyway
+                or self.stop_reason):
             return facts
-        if times and self.trainer_started_at is not None:
-            startup = times[0] - self.trainer_started_at
-            facts["need_s"] = startup + ((times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else startup)
+        facts["need_s"] = chunk_policy.restart_need_s(self.trainer_started_at, self.step_times)
+        if facts["need_s"] is None:  # no step yet: a restart is not known to fit, and Ray need not be asked
+            return facts
         if lost is None:
             lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes) if self.info.nodes > 1 else 0
         facts["nodes_alive"] = not lost and ray_cluster.count_nodes(self.head.address)[0] >= self.info.nodes

@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     signal.signal(requeue_signal(), on_signal)
     outcome = chunk()
     log(f"chunk ended: {outcome}")
-    return 0 if outcome in ("finished", "done", "requeued") else 1
+    return 0 if outcome in ("finished", "done", "requeued", "chained") else 1
 
 
 if __name__ == "__main__":

@@ -47,12 +47,17 @@ def tensorboard_steps(tb_dir: Path, since: float = 0.0) -> set[int]:
 
 
 def record_unseen(ledger: Any, tb_dir: Path, since: float, known: int, job_id: str | None,
-                  chunk: int | None) -> list[int]:
-    """A `step` event (source tensorboard) for each step newer than `known` that TensorBoard holds from
-    files written since `since` (less a second: mtimes are coarse on some filesystems). Returns those steps."""
+                  chunk: int | None, run: str = "") -> list[int]:
+    """A `step` event (source tensorboard) and a log line for each step newer than `known` that TensorBoard
+    holds from files written since `since` (less a second: mtimes are coarse on some filesystems). Returns
+    those steps."""
+    from justrl_hpc.jobs.train.environment import log
+
     new = sorted(s for s in tensorboard_steps(tb_dir, since - 1) if s > known)
     for step in new:
         ledger.append("step", job_id=job_id, chunk=chunk, step=step, source="tensorboard")
+        log(f"{run} job {job_id} chunk {chunk}: step {step} source=tensorboard (its console line never reached "
+            "the trainer log)".lstrip())
     return new
 
 

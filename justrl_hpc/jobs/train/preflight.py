@@ -39,6 +39,7 @@ from justrl_hpc.monitor.schema import XID_CRITICAL
 # running out of it requeues the chunk (transient) rather than failing the run.
 IMPORT_TIMEOUT_S = 600.0
 PROBE_CACHE = Path("/tmp/justrl-preflight")
+PROBE_FORMAT = "2"  # what a cached answer holds (2: the versions); a node's older answers are probed again
 SHM_ENV = "JUSTRL_SHM_DIR"  # where the node's shared memory is mounted, if not /dev/shm
 
 
@@ -286,7 +287,7 @@ def install_key(mods: list[str], cuda: bool, *also: object) -> str | None:
     import hashlib
     import importlib.util
 
-    parts = [sys.executable, os.environ.get("PYTHONPATH", ""), str(cuda), *map(str, also)]
+    parts = [PROBE_FORMAT, sys.executable, os.environ.get("PYTHONPATH", ""), str(cuda), *map(str, also)]
     for name in mods:
         try:
             spec = importlib.util.find_spec(name)
@@ -520,6 +521,14 @@ def hard_evidence(results: list[dict[str, Any]]) -> dict[str, str]:
         if hard:
             out[str(r["node"])] = hard[0]
     return out
+
+
+def policy_facts(results: list[dict[str, Any]], nodes: int, excluded: tuple[str, ...], cluster: Any) -> dict[str, Any]:
+    """What chunk_policy needs of a failed preflight: transient or not, the evidence against each node, the
+    nodes that failed, the allocation's size, the nodes already left out, and the cluster's exclusion rules."""
+    return {"transient": transient(results), "hard": tuple(hard_evidence(results).items()), "alloc_nodes": nodes,
+            "failed_nodes": tuple(str(r["node"]) for r in results if not r["ok"] and not r.get("transient")),
+            "excluded": excluded, "max_excluded": cluster.max_excluded_nodes, "exclude_policy": cluster.exclude_policy}
 
 
 def verdict(results: list[dict[str, Any]], run_dir: Path) -> str | None:

@@ -15,16 +15,19 @@ from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.jobs.train.environment import ChunkInfo, log
 
 
-def arm(resolved: Resolved, info: ChunkInfo, ledger: Ledger, chunk: int, event: Callable[..., Any]) -> str | None:
+def arm(resolved: Resolved, info: ChunkInfo, ledger: Ledger, chunk: int, event: Callable[..., Any],
+        exclude: str | None = None) -> str | None:
     """Submit the next chunk now, to start once this job ends however it ends (afterany); its job id, or None
-    when sbatch refused it (a `chain-broken` event says why)."""
+    when sbatch refused it (a `chain-broken` event says why). `exclude`: the nodes it must not get (default:
+    those the person left out at submission)."""
     from justrl_hpc.core.run_folder import entry_points
     from justrl_hpc.jobs.train.submission import RecordedEntry, make_executor
 
     executor = make_executor(resolved, info.run_dir, info.nodes, dependency=f"afterany:{info.job_id}")
     # Nodes left out at submission (`launch --exclude`) stay out of every chained job, as they stay out of
     # every requeue of one job; Slurm does not tell a job its own exclude list, the ledger does.
-    exclude = next((e.get("exclude") for e in reversed(ledger.read()) if e.get("event") == "submitted"), None)
+    if exclude is None:
+        exclude = next((e.get("exclude") for e in reversed(ledger.read()) if e.get("event") == "submitted"), None)
     if exclude:
         executor.update_parameters(exclude=exclude)
     try:
