@@ -513,21 +513,21 @@ class Driver:
         return self._act(action)
 
     def _restart_facts(self, reason: str, lost: int | None) -> dict[str, Any]:
-        """What a restart inside the job depends on. Ray's GCS is asked (up to 40 s, its health check's time to
-        call a node dead) only for a crash a restart may cure, with restarts left, in a chunk not stopping."""
+        """What a restart in the job depends on (Ray's GCS asked only where one may cure the crash and fit)."""
         cap = self.resolved.run.max_in_job_restarts
         facts: dict[str, Any] = {"restarts": self.restarts_in_job, "max_restarts": cap}
-        if (reason not in chunk_policy.RESTARTABLE or self.restarts_in_job >= cap or self.head is None
-                or self.stop_reason):
+        if reason not in chunk_policy.RESTARTABLE or self.restarts_in_job >= cap or not self.head or self.stop_reason:
             return facts
-        facts["need_s"] = chunk_policy.restart_need_s(self.trainer_started_at, self.step_times)
-        if facts["need_s"] is None:  # no step yet: a restart is not known to fit, and Ray need not be asked
+        need = facts["need_s"] = chunk_policy.restart_need_s(self.trainer_started_at, self.step_times)
+        end = (self.end_time or 0) - self.resolved.cluster.signal_lead_s
+        # Cheap facts first: no step yet, or no time for Ray's verdict, a start-up and a step: the crash's
+        # requeue must not wait 40 s for Ray (the soak saw the limit's signal land in that wait).
+        if need is None or not self.end_time or end - time.time() < need + ray_cluster.NODES_LOST_WAIT_S:
             return facts
         if lost is None:
             lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes) if self.info.nodes > 1 else 0
         facts["nodes_alive"] = not lost and ray_cluster.count_nodes(self.head.address)[0] >= self.info.nodes
-        if self.end_time:
-            facts["time_left_s"] = self.end_time - time.time() - self.resolved.cluster.signal_lead_s
+        facts["time_left_s"] = end - time.time()
         return facts
 
     def _restart_in_job(self, action: chunk_policy.Action) -> str:

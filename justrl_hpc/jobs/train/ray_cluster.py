@@ -181,7 +181,10 @@ def wait_for_nodes(
     return seen, gpus
 
 
-def nodes_lost(address: str, nodes: int, wait_s: float = 40.0, poll_s: float = 3.0) -> int:
+NODES_LOST_WAIT_S = 40.0
+
+
+def nodes_lost(address: str, nodes: int, wait_s: float = NODES_LOST_WAIT_S, poll_s: float = 3.0) -> int:
     """How many of the job's `nodes` Ray's GCS has declared dead, waiting up to `wait_s` for it to decide.
 
     A lost node can show first as an error the crash patterns do not name (a socket closed under a surviving
