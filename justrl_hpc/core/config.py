@@ -128,11 +128,11 @@ class ClusterConfig:
     nvml_backend: str = "auto"
     # A node that fails its preflight on hard evidence (a GPU's recovery action, uncorrectable ECC, a failed
     # row remap, a critical XID, a GPU held by a process that will not die, a broken install on that node
-    # only): act = the chunk requeues itself with the node in the job's ExcNodeList; observe = it records
-    # what it would have done (`would-exclude`) and the run stops as with off, naming the node.
+    # only): act = the chunk hands the run to a chained job that Slurm must not give the node; observe = it
+    # records what it would have done (`would-exclude`) and the run stops as with off, naming the node.
     exclude_policy: str = field(default="act", metadata={"choices": ("act", "observe", "off")})
     # At most this many nodes left out at once (a job needs the others to start), each for this long, after
-    # which the next requeue readmits it (a repaired node comes back).
+    # which the next chained job or `launch --wait`'s release readmits it (a repaired node comes back).
     max_excluded_nodes: int = field(default=1, metadata={"min": 0})
     exclude_for_h: float = field(default=24.0, metadata={"min": 0.01})
 

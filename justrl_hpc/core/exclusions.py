@@ -1,11 +1,10 @@
-"""Nodes a run's chunks left out of their own job (cluster.exclude_policy), from its ledger. Pure.
+"""Nodes kept out of a run's jobs, from its ledger: the person's (`launch --exclude`) and those the chunks left
+out on hard evidence (cluster.exclude_policy). Pure.
 
-Slurm changes a job's ExcNodeList only while the job is pending ("Job is no longer pending execution"
-otherwise, seen on the dev cluster), so a chunk that leaves a node out requeues itself first and sets the list
-(slurm_act.set_excluded_when_pending) in the seconds between the requeue's SIGTERM and its SIGKILL, before
-anyone releases the job from Slurm's hold. Each exclusion lasts `cluster.exclude_for_h`; whoever next sets the
-list (the next exclusion, or `launch --wait` as it releases a held job) leaves expired ones out, so a repaired
-node comes back (`readmitted`).
+A chunk that leaves a node out hands the run to a chained job whose --exclude holds this list (a requeue
+cannot: Slurm changes a job's ExcNodeList only while it is pending, docs/chunks.md). Each exclusion lasts
+`cluster.exclude_for_h`; the next chained job's list leaves expired ones out, and `launch --wait` takes them out
+of a held job's list before it releases it (`readmitted`), so a repaired node comes back.
 """
 
 from __future__ import annotations

@@ -7,11 +7,10 @@ The launcher (on its own run's jobs) and the chunk (on itself) import it; the mo
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Mapping
 
 from justrl_hpc.core.errors import UserError
-from justrl_hpc.core.slurm import _run, job_state
+from justrl_hpc.core.slurm import _run
 
 
 def release_now(job_id: str) -> bool:
@@ -26,17 +25,6 @@ def requeue(job_id: str) -> bool:
 def set_excluded(job_id: str, nodes: str) -> bool:
     """The job's ExcNodeList (comma-separated; empty clears it). Slurm takes it only while the job is pending."""
     return _run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={nodes}"]) is not None
-
-
-def set_excluded_when_pending(job_id: str, nodes: str, timeout_s: float = 4.0, poll_s: float = 0.2) -> bool:
-    """Set the job's ExcNodeList once its requeue has made it pending (within timeout_s)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        st = job_state(job_id)
-        if st is not None and st.state == "PENDING":
-            return set_excluded(job_id, nodes)
-        time.sleep(poll_s)
-    return False
 
 
 def cancel(job_id: str) -> bool:

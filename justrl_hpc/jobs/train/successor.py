@@ -6,10 +6,11 @@ preemption that cancels) still has a successor; a run that finishes or fails for
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from justrl_hpc.core import slurm_act
+from justrl_hpc.core import exclusions, slurm_act
 from justrl_hpc.core.config import Resolved
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.jobs.train.environment import ChunkInfo, log
@@ -19,15 +20,15 @@ def arm(resolved: Resolved, info: ChunkInfo, ledger: Ledger, chunk: int, event: 
         exclude: str | None = None) -> str | None:
     """Submit the next chunk now, to start once this job ends however it ends (afterany); its job id, or None
     when sbatch refused it (a `chain-broken` event says why). `exclude`: the nodes it must not get (default:
-    those the person left out at submission)."""
+    the person's and those still left out, exclusions.job_list)."""
     from justrl_hpc.core.run_folder import entry_points
     from justrl_hpc.jobs.train.submission import RecordedEntry, make_executor
 
     executor = make_executor(resolved, info.run_dir, info.nodes, dependency=f"afterany:{info.job_id}")
-    # Nodes left out at submission (`launch --exclude`) stay out of every chained job, as they stay out of
-    # every requeue of one job; Slurm does not tell a job its own exclude list, the ledger does.
+    # Nodes left out at submission (`launch --exclude`) or on hard evidence stay out of every chained job, as
+    # they stay out of every requeue of one job; Slurm does not tell a job its own exclude list, the ledger does.
     if exclude is None:
-        exclude = next((e.get("exclude") for e in reversed(ledger.read()) if e.get("event") == "submitted"), None)
+        exclude = exclusions.job_list(ledger.read(), time.time()) or None
     if exclude:
         executor.update_parameters(exclude=exclude)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from justrl_hpc.core.exclusions import active
 from justrl_hpc.monitor.findings import Finding
 
 Chunk = tuple[Any, Any]  # (job_id, chunk)
@@ -66,8 +67,6 @@ def evaluate_environment(events: Sequence[Mapping[str, Any]]) -> list[Finding]:
 def evaluate_exclusions(events: Sequence[Mapping[str, Any]], now: float) -> list[Finding]:
     """E2-node-excluded (warn), one per node the chunks left out of the job (cluster.exclude_policy: act) while
     the exclusion is in force: which node, on what evidence, until when. The chunk acted; the monitor says so."""
-    from justrl_hpc.core.exclusions import active
-
     evs = [e for e in events if isinstance(e, Mapping)]
     out = []
     for node, until in sorted(active(evs, now).items()):
