@@ -19,7 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "devcluster": ("justrl_hpc.dev.devcluster.cli", "a real Slurm on this machine: up | down | status"),
     "prepare-data": (
         "justrl_hpc.jobs.prepare_data.job",
-        "DAPO-Math-17k and validation sets -> verl parquet (or --rehearsal)",
+        "DAPO-Math-17k and validation sets -> verl parquet (or --eval-from JUSTRL_CHECKOUT, --rehearsal)",
     ),
     "save-now": ("justrl_hpc.launcher.control", "ask a running chunk to save at the next step and requeue"),
     "status": ("justrl_hpc.launcher.control", "one screen of where a run stands (ledger + Slurm)"),
@@ -32,8 +32,12 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-# A verb whose flag hands it to code of this machine only: the rehearsal's toy data is not a job of the real run.
-FLAGGED: dict[tuple[str, str], str] = {("prepare-data", "--rehearsal"): "justrl_hpc.dev.toy.prepare_cli"}
+# A verb whose flag hands it to other code: the rehearsal's toy data is of this machine only, not a job of the
+# real run; the authors' evaluation sets are checked by the evaluation's own loader and protocol.
+FLAGGED: dict[tuple[str, str], str] = {
+    ("prepare-data", "--rehearsal"): "justrl_hpc.dev.toy.prepare_cli",
+    ("prepare-data", "--eval-from"): "justrl_hpc.jobs.evaluate.eval_sets",
+}
 
 
 def usage() -> str:

@@ -7,4 +7,4 @@
 # JUSTRL_FAULT_SEEDS=1,2,3 repeats the random ones with more seeds; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec bash scripts/test.sh -m "fault or long" "$@"
+exec bash scripts/test.sh -m "(fault or long) and not manual" "$@"

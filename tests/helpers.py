@@ -70,6 +70,24 @@ def assert_each_step_once(run_dir: Path, target: int) -> None:
     assert sorted(steps) == list(range(1, target + 1)), f"steps logged: {sorted(steps)}"
 
 
+def final_state(job_id: str, timeout: float) -> str | None:
+    """The state a job ends in, watched until it ends: the dev cluster forgets an ended job after MinJobAge
+    (60 s), so reading it once much later finds nothing (CI, 2026-12-07, on a slower machine)."""
+    from justrl_hpc.core import slurm
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        st = slurm.job_state(job_id)
+        if st is None:
+            return last
+        last = st.state
+        if not st.active:
+            return last
+        time.sleep(1)
+    return last
+
+
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -61,6 +61,7 @@ def test_the_gpu_extra_is_verls_own_vllm_stack_at_the_installed_verl() -> None:
     assert pins["vllm"] == f"=={gpu_stack.VLLM}"
     assert pins["torch"] == f"=={gpu_stack.TORCH}"
     assert pins["transformers"] == f"=={gpu_stack.TRANSFORMERS}"
+    assert (pins["torchvision"], pins["torchaudio"]) == (f"=={gpu_stack.TORCHVISION}", f"=={gpu_stack.TORCHAUDIO}")
 
 
 def test_no_extra_needs_torch_to_build() -> None:

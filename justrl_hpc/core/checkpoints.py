@@ -141,6 +141,21 @@ def logged_steps(ledger: Any) -> int | None:
     return max(steps) if steps else None
 
 
+def logged_by_producer(events: list[dict[str, Any]], step: int) -> bool:
+    """Whether the trainer that wrote `global_step_<step>` logged that step. Its writer is the newest trainer
+    that started behind it (a trainer started at or after a step never writes it; an older one's copy was set
+    aside before a newer trainer could start behind it), and verl logs steps in order, after saving them: the
+    save is logged when that trainer's `step` events reach it. A log of the same step by an earlier trainer,
+    whose trajectory was retrained since, does not count (the soak resumed from such a save once, and the
+    step's metrics from the trajectory it continued never reached TensorBoard)."""
+    start = 0
+    for i, e in enumerate(events):
+        if e.get("event") == "trainer-started" and (e.get("step") or 0) < step:
+            start = i
+    return any(e.get("event") == "step" and isinstance(e.get("step"), int) and e["step"] >= step
+               for e in events[start:])
+
+
 def prepare_resume(
     ckpt_dir: Path, world_size: int, ledger: Any = None, job_id: str | None = None, chunk: int | None = None
 ) -> ResumeDecision:
@@ -156,13 +171,15 @@ def prepare_resume(
     skipped = []
     logged = logged_steps(ledger)
     if logged is not None:
-        for step in [s for s in good if s > logged]:
+        events = ledger.read()
+        for step in [s for s in good if not logged_by_producer(events, s)]:
             aside = dirs[step].with_name(f"{dirs[step].name}.unlogged-{int(time.time())}")
             dirs[step].rename(aside)
             skipped.append(step)
             good.remove(step)
             ledger.append("checkpoint-skipped", job_id=job_id, chunk=chunk, step=step,
-                          reason=f"saved but never logged (newest logged step {logged})", moved_to=aside.name)
+                          reason=f"saved but never logged by the trainer that saved it (newest logged step "
+                          f"{logged})", moved_to=aside.name)
         dirs = step_dirs(ckpt_dir)
     newest = good[-1] if good else None
     for step in sorted(dirs):
@@ -267,7 +284,17 @@ def newest_size(ckpt_dir: Path, world_size: int) -> int:
     return verify(step_dirs(ckpt_dir)[step], world_size).bytes
 
 
+def partial_size(ckpt_dir: Path) -> int:
+    """Bytes in the newest step folder, complete or not: what a first save wrote before it failed."""
+    dirs = step_dirs(ckpt_dir)
+    if not dirs:
+        return 0
+    newest = dirs[max(dirs)]
+    return sum(p.stat().st_size for p in newest.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def disk_full(ckpt_dir: Path, world_size: int) -> bool:
-    """Less room left where checkpoints go than the newest checkpoint takes."""
-    size = newest_size(ckpt_dir, world_size)
+    """Less room left where checkpoints go than the newest checkpoint takes; before the first complete save,
+    than the torn one took (the soak's seed 2 saw a first save die of ENOSPC read as an unknown crash)."""
+    size = newest_size(ckpt_dir, world_size) or partial_size(ckpt_dir)
     return size > 0 and not disk_check(ckpt_dir, size)[0]

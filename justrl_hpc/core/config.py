@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from justrl_hpc.core import stall
 from justrl_hpc.core.errors import UserError
 from justrl_hpc.core.settings import build
 
@@ -153,8 +154,20 @@ class RunConfig:
     # Restarts of a crashed trainer inside its chunk's allocation (nodes alive, time left for a start-up and
     # a step) before the chunk requeues instead.
     max_in_job_restarts: int = field(default=2, metadata={"min": 0})
+    # A hung trainer: no step for max(hang_factor × p95 step, hang_min_s), plus hang_startup_grace_s before a
+    # trainer's first step (the S1 alert's figure, core/stall.py). The chunk then writes every process's stacks
+    # to logs/stacks/ and, by on_hang: restart (in the job when item 1's rules allow, else requeue), requeue,
+    # or wait (stacks only; for a person debugging the hang live).
+    hang_factor: float = field(default=stall.WARN_FACTOR, metadata={"min": 1})
+    hang_min_s: float = field(default=stall.WARN_MIN_S, metadata={"min": 1})
+    hang_startup_grace_s: float = field(default=stall.STARTUP_GRACE_S, metadata={"min": 0})
+    on_hang: str = field(default="restart", metadata={"choices": ("restart", "requeue", "wait")})
     # Requeue budget for the whole run (submitit's default of 3 would end a 15-day run on day 3).
     max_requeues: int = field(default=200, metadata={"min": 1})
+    # Evaluation along the run (core/eval_along.py): a one-node evaluate job for each kept save at a multiple of
+    # eval_every (0: off), one at a time, with these `launch --job evaluate` options (its defaults otherwise).
+    eval_every: int = field(default=0, metadata={"min": 0})
+    eval_args: list[str] = field(default_factory=list)
 
 
 @dataclass

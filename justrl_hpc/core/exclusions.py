@@ -52,6 +52,14 @@ def job_list(events: list[Mapping[str, Any]], now: float, also: Iterable[str] = 
     return ",".join(sorted(by_hand(events) | set(active(events, now)) | set(also)))
 
 
+def for_resubmission(events: list[Mapping[str, Any]], now: float, person: str | None) -> str | None:
+    """A resubmitted run's ExcNodeList (`launch --resume`): the person's nodes given now, and those the chunks
+    left out that are still in force. A broken chain resubmitted by hand must not bring a node back before its
+    exclusion expires (the seed-1 soak of 2026-12-07 saw a resume run on the node left out minutes before)."""
+    nodes = {n for n in str(person or "").split(",") if n} | set(active(events, now))
+    return ",".join(sorted(nodes)) or None
+
+
 def readmission(events: list[Mapping[str, Any]], now: float) -> tuple[list[str], str] | None:
     """(nodes whose exclusion expired, the ExcNodeList without them), or None when nothing expired."""
     was = applied(events)

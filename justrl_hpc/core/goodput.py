@@ -58,6 +58,10 @@ class ChunkReport:
     restart_s: float = 0.0
     restart_lost_steps: int = 0
     restart_at: float | None = None  # a restart whose first step is still to come
+    # Hangs (no step for the stall limit; the chunk took every process's stacks, then restarted or requeued):
+    # how many, and the time each cost before anything was killed (the stall itself and the stacks' dump).
+    hangs: int = 0
+    hang_s: float = 0.0
 
     @property
     def steps_done(self) -> int | None:
@@ -195,9 +199,15 @@ def chunk_reports(events: list[dict[str, Any]]) -> list[ChunkReport]:
             c.ray_ready = t
         elif kind == "restarted-in-job":
             c.restarts, c.restart_at = c.restarts + 1, t
+        elif kind == "hang":
+            c.hangs += 1
+            c.hang_s += (_num(e.get("stalled_s")) or 0.0) + (_num(e.get("seconds")) or 0.0)
         elif kind == "trainer-started" and c.trainer_started is not None:  # the same chunk's, after a restart
             if _is_int(e.get("step")) and c.last_step is not None:
                 c.restart_lost_steps += max(0, c.last_step - e["step"])
+                # What the chunk keeps is judged from here on: the steps past the restart's step are counted
+                # above, not again when the next chunk resumes behind them (the soak saw them counted twice).
+                c.last_step = e["step"]
         elif kind == "trainer-started":
             c.trainer_started = t
             if _is_int(e.get("step")):
@@ -333,6 +343,8 @@ class RunReport:
     chunks: list[ChunkReport]
     restarts_in_job: int = 0
     restart_s: float = 0.0  # each in-job restart's crash → the restarted trainer's first step, summed
+    hangs: int = 0
+    hang_s: float = 0.0  # each hang's last step → its stacks taken, summed
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "chunks"}
@@ -370,6 +382,8 @@ def chunk_dict(c: ChunkReport) -> dict[str, Any]:
         "restarts_in_job": c.restarts,
         "restart_s": _r(c.restart_s),
         "restart_lost_steps": c.restart_lost_steps,
+        "hangs": c.hangs,
+        "hang_s": _r(c.hang_s),
     }
 
 
@@ -413,6 +427,8 @@ def run_report(
         chunks=chunks,
         restarts_in_job=sum(c.restarts for c in chunks),
         restart_s=sum(c.restart_s for c in chunks),
+        hangs=sum(c.hangs for c in chunks),
+        hang_s=sum(c.hang_s for c in chunks),
     )
 
 

@@ -13,6 +13,8 @@ VERL = "0.9.1"
 # verl 0.9.1's `vllm` extra pins these exactly (vLLM 0.24.0 itself pins the same torch).
 VLLM = "0.24.0"
 TORCH = "2.11.0"
+TORCHVISION = "0.26.0"
+TORCHAUDIO = "2.11.0"
 TRANSFORMERS = "5.9.0"
 # verl 0.9.1's `flash-attn-cu130torch211` extra.
 FLASH_ATTN = "2.8.3"

@@ -32,11 +32,14 @@ EVENTS = (
     "chunk-failed",
     "finished",
     "failed",
+    "eval-submitted",  # evaluation along the run (core/eval_along.py)
+    "eval-finished",
 )
 
 # Events that say nothing about where the run stands: a chunk's node clean-up at its end comes after its
-# `finished` or `requeued`, and the last event that tells is the one before them.
-NOTES = frozenset({"step", "cleanup", "preflight"})
+# `finished` or `requeued`, and the last event that tells is the one before them; an evaluate job along the
+# run may end, and submit the next, days after the run finished.
+NOTES = frozenset({"step", "cleanup", "preflight", "eval-submitted", "eval-finished"})
 
 
 def ended(events: list[dict[str, Any]]) -> str | None:

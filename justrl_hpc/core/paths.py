@@ -82,6 +82,11 @@ class RunPaths:
         return self.logs / f"agent-{host}.log"
 
     @property
+    def stacks(self) -> Path:
+        """A hung trainer's stacks, one folder per hang (`<UTC time>/<node>-<pid>.txt`, jobs/train/stacks.py)."""
+        return self.logs / "stacks"
+
+    @property
     def submitit(self) -> Path:
         """submitit's folder per job id (`%j`): its pickles and logs, appended to across requeues."""
         return self.logs / "submitit" / "%j"

@@ -86,6 +86,8 @@ HYPERPARAMETERS: dict[str, Hyper] = {
 
 # Published settings that verl 0.9.1 cannot take as they were; shown in the fidelity table, not passed.
 NOT_EXPRESSIBLE = {
+    "validation grading": "their fork grades AIME24/AIME25/AMC23 validation with Math-Verify (1/0), training "
+    "with DAPO's strict box (±1): the suite's reward does the same, by data_source (jobs/train/in_worker/reward.py)",
     "validation max new tokens 31744": "their fork's +val_kwargs.max_new_tokens; verl 0.9.1 validates with "
     "data.max_response_length (15360). The evaluate job uses 31,744.",
 }

@@ -42,3 +42,11 @@ def slurm_resources(c: ClusterConfig, nodes: int, time_limit_min: int) -> dict[s
 # 23.11 went back): under task/cgroup every node task (raylet, FSDP workers, vLLM engines) would share one CPU.
 # A setup line of every job script that runs srun, training's and evaluation's.
 SRUN_CPUS_LINE = 'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi'
+
+# The mark every process a chunk starts carries (jobs/train/cleanup.py). A job submitted from inside a chunk (a
+# chained chunk, an evaluation along the run) inherits it through sbatch's environment, and its processes would
+# be swept as the submitting chunk's own (CI, 2026-12-07: an evaluate job killed by its chunk's end).
+RUN_MARK_ENV = "JUSTRL_RUN_MARK"
+
+# The first lines of every job script that runs srun, training's and evaluation's.
+JOB_SETUP_LINES = (SRUN_CPUS_LINE, f"unset {RUN_MARK_ENV}")

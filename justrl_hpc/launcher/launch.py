@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exclude", metavar="NODES", help="nodes Slurm must not give this job (e.g. one a preflight refused)"
     )
+    p.add_argument(
+        "--eval-every", type=int, metavar="K",
+        help="submit a one-node evaluate job for each kept checkpoint at a multiple of K, one at a time (default off)",
+    )
+    p.add_argument(
+        "--eval-args", metavar="'OPTIONS'",
+        help="with --eval-every: options for those evaluate jobs, e.g. '--benchmarks aime24,aime25 --samples-scale 0.25'",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan; submit nothing, write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument(
@@ -119,9 +127,91 @@ def _resolve_new(args: argparse.Namespace) -> cfg.Resolved:
         if args.time_limit <= 0:
             raise UserError(f"must be a positive number of minutes, got {args.time_limit}", "--time-limit")
         sets.append(f"run.time_limit_min={args.time_limit}")
+    if args.eval_every is not None:
+        if args.eval_every < 0:
+            raise UserError(f"must be 0 (off) or a number of steps, got {args.eval_every}", "--eval-every")
+        sets.append(f"run.eval_every={args.eval_every}")
     resolved = config_files.resolve(args.recipe or DEFAULT_RECIPE, args.cluster or DEFAULT_CLUSTER, sets, args.name)
     config_files.absolutize(resolved, Path.cwd())
+    if resolved.run.eval_every:
+        resolved.run.eval_args = check_eval_args(args.eval_args or "")
+    elif args.eval_args is not None:
+        raise UserError("goes with --eval-every K", "--eval-args")
     return resolved
+
+
+# What the run's evaluate jobs are told by the run itself, never by --eval-args.
+_EVAL_OWN = ("--run", "--step", "--model", "--base-model", "--cluster", "--local", "--dry-run", "--nodes")
+
+
+def check_eval_args(text: str) -> list[str]:
+    """--eval-args as the evaluate job will read them, checked as it will check them (one error line if not)."""
+    import shlex
+
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"cannot split {text!r}: {exc}", "--eval-args") from None
+    own = next((w for w in words if w.split("=")[0] in _EVAL_OWN), None)
+    if own:
+        raise UserError(f"{own} is set by the run for each of its evaluate jobs; leave it out", "--eval-args")
+    from justrl_hpc.jobs.evaluate import job as evaluate_job
+
+    args, unknown = evaluate_job.build_parser().parse_known_args(words)
+    if unknown:
+        raise UserError(f"not an option of `launch --job evaluate`: {unknown[0]} (see --job evaluate --help)",
+                        "--eval-args")
+    try:
+        settings = evaluate_job.settings_from_args(args, evaluate_job.load_settings())
+    except UserError as exc:
+        raise UserError(f"{exc.field}: {str(exc).split(': ', 1)[-1]}", "--eval-args") from None
+    if not args.data:  # the default folder (data/eval) is relative too
+        words += ["--data", settings.data]
+    # A relative path would be read from wherever the job starts: make it the one meant here.
+    out = []
+    for i, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        if eq and flag in _EVAL_PATHS:
+            word = f"{flag}={_absolute(flag, value)}"
+        elif i and words[i - 1] in _EVAL_PATHS:
+            word = _absolute(words[i - 1], word)
+        out.append(word)
+    return out
+
+
+_EVAL_PATHS = ("--data", "--judge", "--judge-prompt")
+
+
+def eval_checks(words: list[str]) -> list[Any]:
+    """What each evaluate job along the run will refuse, found now: its benchmark files and its judge (an
+    evaluation that cannot start would be found at the first save, hours in, and at every one after)."""
+    from justrl_hpc.jobs.evaluate import job as evaluate_job
+    from justrl_hpc.launcher.plan import Check
+
+    args, _ = evaluate_job.build_parser().parse_known_args(words)
+    settings = evaluate_job.settings_from_args(args, evaluate_job.load_settings())
+    out = []
+    try:
+        problems = evaluate_job.load_problems(settings)
+        out.append(Check("eval data", True, f"{settings.data}: {sum(map(len, problems.values())):,} problems in "
+                                            f"{len(problems)} benchmarks"))
+    except UserError as exc:
+        out.append(Check("eval data", False, f"{exc} (in --eval-args)"))
+    try:
+        spec = evaluate_job.judge_for(settings)
+        out.append(Check("eval judge", True, f"{spec.model} ({spec.path})" if spec else "none (the rules alone)"))
+    except UserError as exc:
+        out.append(Check("eval judge", False, f"{exc} (in --eval-args)"))
+    return out
+
+
+def _absolute(flag: str, value: str) -> str:
+    """A folder or file given relative to here, as an absolute one; a judge that is no path here (a hub id in
+    the cache, `none`) as it is."""
+    path = Path(value)
+    if path.is_absolute() or (flag == "--judge" and not path.exists()):
+        return value
+    return str(path.resolve())
 
 
 def plan_dict(resolved: cfg.Resolved, run_dir: Path, nodes: int, check_files: bool = True) -> dict[str, Any]:
@@ -133,6 +223,8 @@ def plan_dict(resolved: cfg.Resolved, run_dir: Path, nodes: int, check_files: bo
     plan = plan_mod.make_plan(resolved, nodes)
     checks = plan_mod.check_files(resolved) if check_files else []
     checks.append(plan_mod.check_disk(run_dir, plan, resolved.cluster.min_free_disk_gb))
+    if resolved.run.eval_every and check_files:
+        checks += eval_checks(resolved.run.eval_args)
     chunk = recipe_mod.ChunkContext(first_chunk=True)
     return {
         "run": resolved.run.name,
@@ -146,6 +238,7 @@ def plan_dict(resolved: cfg.Resolved, run_dir: Path, nodes: int, check_files: bo
         "verl_overrides": recipe_mod.overrides(resolved, run_dir, chunk),
         "trainer_command": recipe_mod.trainer_command(resolved, run_dir, chunk),
         "sbatch": sbatch_preview(resolved, run_dir, nodes),
+        "eval": {"every": resolved.run.eval_every, "args": resolved.run.eval_args} if resolved.run.eval_every else None,
         "warnings": plan.warnings,
         "checks": [asdict(c) for c in checks],
         "ready": all(c.ok for c in checks),
@@ -176,6 +269,10 @@ def render_plan(d: dict[str, Any], resolved: cfg.Resolved) -> str:
     ]
     if plan["gpu_stack"]:
         lines.append(f"stack    {plan['gpu_stack']}")
+    if d.get("eval"):
+        args = " ".join(d["eval"]["args"]) or "the evaluate job's defaults"
+        lines.append(f"eval     every {d['eval']['every']} steps: a one-node evaluate job per kept save, one at a time "
+                     f"({args})")
     for w in d["warnings"]:
         lines.append(f"warning  {w}")
     for c in d["checks"]:

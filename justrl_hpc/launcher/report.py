@@ -34,7 +34,8 @@ def format_report(r: RunReport) -> str:
         f"time: queue wait {_s(r.queue_wait_s)}, start-up {_s(r.startup_s)}, tail {_s(r.tail_s)}, "
         f"requeue gaps {_s(r.requeue_gap_s)}"
         + (f", in-job restarts {r.restarts_in_job} ({_s(r.restart_s)} from crash to the next step)"
-           if r.restarts_in_job else ""),
+           if r.restarts_in_job else "")
+        + (f", hangs {r.hangs} ({_s(r.hang_s)} from the last step to the stacks taken)" if r.hangs else ""),
         "",
     ]
     head = (

@@ -150,8 +150,16 @@ def resume(args: argparse.Namespace) -> int:
                 f"job {live.job_id} of this run is still {live.state}; wait for it or scancel it first",
                 "--resume",
             )
-        job_id = _submit(stored, run_dir, nodes, getattr(args, "exclude", None))
-        Ledger(run_dir).append(
+        from justrl_hpc.core.exclusions import active, for_resubmission
+
+        ledger = Ledger(run_dir)
+        events, now = ledger.read(), time.time()
+        kept = active(events, now)
+        for node, until in sorted(kept.items()):
+            print(f"keeping {node} out: the chunks left it out until "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(until))}")
+        job_id = _submit(stored, run_dir, nodes, for_resubmission(events, now, getattr(args, "exclude", None)))
+        ledger.append(
             "submitted",
             job_id=job_id,
             chunk=None,
@@ -168,10 +176,15 @@ def resume(args: argparse.Namespace) -> int:
 def format_event(e: dict[str, Any]) -> str:
     # The node's versions and kernel-log mark are for the monitor (E1-env-drift, the XID check), not the eye.
     skip = {"event", "time", "job_id", "chunk", "step", "host", "pid", "env", "kmsg_boot", "kmsg_seq"}
+    # An evaluate job along the run writes no job_id (core/eval_along.py): it is named by its own.
+    by_eval_job = not e.get("job_id") and e.get("eval_job")
+    who = f"evaluate job {e['eval_job']}" if by_eval_job else f"job {e.get('job_id')}"
+    if by_eval_job:
+        skip.add("eval_job")
     extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in skip and v is not None)
     chunk = f" chunk {e['chunk']}" if e.get("chunk") is not None else ""
     step = f" step {e['step']}" if e.get("step") is not None else ""
-    return f"{e.get('time', '')} job {e.get('job_id')}{chunk}: {e.get('event')}{step} {extra}".rstrip()
+    return f"{e.get('time', '')} {who}{chunk}: {e.get('event')}{step} {extra}".rstrip()
 
 
 def readmit(ledger: Ledger, job_id: str) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, assert_each_step_once, events, launch_args, ledger, wait_for_event
+from helpers import REPO, assert_each_step_once, events, final_state, launch_args, ledger, wait_for_event
 
 from justrl_hpc.core import slurm
 
@@ -43,6 +43,8 @@ def test_without_requeue_each_chunk_is_a_new_dependent_job(devcluster, rehearsal
     out = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "save-now", str(run_dir)], capture_output=True,
                          text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
+    # The chunk that handed the run over did its part: COMPLETED, not submitit's FAILED (2026-12-07).
+    assert final_state(first_job, timeout=180) == "COMPLETED"
     stdout, _ = proc.communicate(timeout=360)
     assert proc.returncode == 0, stdout[-3000:]
 

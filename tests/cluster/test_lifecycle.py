@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from helpers import (
     REPO,
@@ -103,18 +104,32 @@ def test_run_crosses_chunk_limits_and_loses_no_step(devcluster, rehearsal_data, 
     assert tb_steps(run_dir, "global_seqlen/mean") == tb_steps(run_dir)  # verl's own metric set, every step
 
 
+def stopped_verl_worker(run_dir) -> int:
+    """SIGSTOP one of verl's FSDP workers of this run (a rank stuck in a collective, as far as its peers see)."""
+    from justrl_hpc.jobs.train import cleanup
+
+    run = cleanup.run_id(run_dir)
+    for proc, mark in cleanup.marked():
+        if mark.run == run and " ".join(proc.cmdline()).startswith("ray::WorkerDict"):
+            os.kill(proc.pid, signal.SIGSTOP)
+            return proc.pid
+    raise AssertionError("no ray::WorkerDict process carries this run's mark")
+
+
 @pytest.mark.fault
 @pytest.mark.timeout(900)
-def test_kill_9_of_the_trainer_restarts_it_in_the_job_then_requeues_when_the_restarts_are_spent(
+def test_kill_9_of_the_trainer_restarts_it_in_the_job_then_a_hang_leaves_its_stacks_and_requeues(
         devcluster, rehearsal_data, tmp_path, record_property):
     """A trainer killed -9 with every node alive is started again in the same allocation from the newest verified
-    save (no requeue, no Ray bring-up); killed again with its one restart spent, the chunk requeues."""
+    save (no requeue, no Ray bring-up). Then one of its FSDP workers is stopped: the steps stop, the chunk takes
+    every process's stacks before it kills anything (the stopped worker through py-spy, the rest by the worker
+    hook's faulthandler), and with its one restart spent it requeues."""
     run_dir = tmp_path / "kill9"
     proc = subprocess.Popen(
-        # 8-minute chunks: room for the first save, Ray's 40 s verdict on the nodes, the restart and its save.
+        # 8-minute chunks: room for the first save, Ray's 40 s verdict on the nodes, the restart, its save and
+        # the hang's 30 s. The rehearsal's steps take seconds: 30 s without one is a hang here.
         launch_args(rehearsal_data, run_dir, "--wait", "--set", "run.max_in_job_restarts=1", "--set", "recipe.save_freq=5",
-                    steps=16,
-                    time_limit=8),
+                    "--set", "run.hang_min_s=30", steps=16, time_limit=8),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -125,7 +140,7 @@ def test_kill_9_of_the_trainer_restarts_it_in_the_job_then_requeues_when_the_res
     restarted = wait_for_event(run_dir, "restarted-in-job", timeout=120)
     assert restarted["crash"] == "crashed-other" and restarted["restart"] == 1, restarted
 
-    # The restarted trainer saves a step of its own; then it is killed too, and the chunk requeues.
+    # The restarted trainer saves a step of its own; then one of its workers stops, and the chunk requeues.
     def saved_after_restart() -> bool:
         names = [(e["event"], e.get("step")) for e in ledger(run_dir)]
         cut = names.index(("restarted-in-job", restarted["step"]))
@@ -136,7 +151,8 @@ def test_kill_9_of_the_trainer_restarts_it_in_the_job_then_requeues_when_the_res
         assert time.monotonic() < deadline, "no save after the in-job restart"
         time.sleep(0.5)
     second = events(run_dir, "trainer-started")[1]
-    os.kill(second["pid"], signal.SIGKILL)
+    stopped = stopped_verl_worker(run_dir)
+    hang = wait_for_event(run_dir, "hang", timeout=180)
     # While the chunk tears Ray down to requeue itself (through submitit's own USR2 path), Slurm's pre-limit
     # USR2 lands too (the soak found it): before the fix submitit's handler ran again inside the first one, got
     # None from the driver that had ended, and ended the job FAILED, a broken chain.
@@ -144,23 +160,41 @@ def test_kill_9_of_the_trainer_restarts_it_in_the_job_then_requeues_when_the_res
     subprocess.run(["scancel", "--signal=USR2", str(events(run_dir, "submitted")[0]["job_id"])], check=True)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
+
+    # The stacks: both nodes answered; the stopped worker through py-spy only, verl's own loop by faulthandler.
+    folder = run_dir / hang["stacks"]
+    assert hang["nodes_answered"] == 2 and hang["on_hang"] == "restart" and hang["limit_s"] >= 30, hang
+    assert 30 <= hang["stalled_s"] < 120, hang
+    index = [json.loads(p.read_text()) for p in folder.glob("index-*.json")]
+    rows = {r["pid"]: r for i in index for r in i["processes"]}
+    assert rows[stopped]["py_spy"] == "ok" and rows[stopped]["faulthandler"].startswith("no answer"), rows[stopped]
+    assert any(f"-{stopped}.py-spy.txt" in p.name for p in folder.iterdir())
+    answered = "\n".join(p.read_text() for p in folder.glob("*.txt") if not p.name.endswith(".py-spy.txt"))
+    assert "ray_trainer.py" in answered and "fit" in answered, "verl's training loop is not in the faulthandler dumps"
+    assert sum(1 for r in rows.values() if r.get("faulthandler") == "ok") >= 2  # the TaskRunner and a worker
+
     exits = events(run_dir, "trainer-exited")
-    assert [(e["reason"], e["exit_code"]) for e in exits[:2]] == [("crashed-other", -9)] * 2
+    assert [(e["reason"], e["exit_code"]) for e in exits[:1]] == [("crashed-other", -9)]
+    assert exits[1]["reason"] == "hung", exits[1]
     # The restart: the same job and chunk, from the newest verified save the crash left.
     assert (second["job_id"], second["chunk"]) == (restarted["job_id"], restarted["chunk"])
     assert second["step"] == exits[0]["last_saved"] == restarted["step"]
-    assert len(events(run_dir, "restarted-in-job")) == 1  # max_in_job_restarts=1: the second crash requeued
-    assert events(run_dir, "requeued")[0]["reason"] == "crashed-other"
+    assert len(events(run_dir, "restarted-in-job")) == 1  # max_in_job_restarts=1: the hang requeued
+    assert events(run_dir, "requeued")[0]["reason"] == "hung"
     assert events(run_dir, "trainer-started")[2]["step"] == exits[1]["last_saved"]
     assert events(run_dir, "finished")
     assert len(events(run_dir, "submitted")) == 1  # the same job requeued: the chain held
     log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.err"))
     assert "UncompletedJobError" not in log
+    # The stopped worker did not outlive its chunk.
+    assert not psutil.pid_exists(stopped) or psutil.Process(stopped).status() == psutil.STATUS_ZOMBIE
     # Crash → the restarted trainer's first step (BENCHMARKS.md beside the requeue path's).
     crash_t = parse_time(exits[0]["time"])
     later = [e for e in ledger(run_dir) if e["event"] == "step" and parse_time(e["time"]) > parse_time(second["time"])]
     record_property("crash_to_next_step_in_job_s", round(parse_time(later[0]["time"]) - crash_t, 1))
     print(f"measured crash_to_next_step_in_job_s = {parse_time(later[0]['time']) - crash_t:.1f}")
+    print(f"measured hang: stalled_s {hang['stalled_s']} limit_s {hang['limit_s']} dump_s {hang['seconds']} "
+          f"files {hang['stack_files']}")
     report = subprocess.run([sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir)], capture_output=True,
                             text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert "in-job restarts 1" in report.stdout, report.stdout + report.stderr

@@ -94,9 +94,9 @@ def test_evaluate_header_is_what_the_evaluate_job_submits(tmp_path: Path) -> Non
     from justrl_hpc.core.config_files import resolve
     from justrl_hpc.jobs.train.submission import slurm_parameters
 
-    # justrl_hpc/jobs/evaluate/job.py submit(): the chunk's parameters on one node, its own name, not exclusive.
+    # justrl_hpc/jobs/evaluate/job.py submit(): the chunk's parameters on one node (exclusive as a chunk is: its
+    # --mem=0 is all of the node's memory), its own name.
     params = slurm_parameters(resolve("justrl-deepseek-1.5b", "a800-4x8"), tmp_path, nodes=1)
-    params.pop("exclusive", None)
     params["job_name"] = "justrl-eval"
     submitit = sbatch_options(_make_sbatch_string(command="true", folder=str(tmp_path), **params))
     mine = sbatch_options(EVALUATE.read_text())

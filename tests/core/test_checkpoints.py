@@ -79,3 +79,69 @@ def test_retention_removes_set_aside_saves_once_a_later_verified_save_exists(tmp
     # (6 stays too: the tracker names it, where the next chunk resumes.)
     assert checkpoints.apply_retention(ckpt, 1, keep_last=1, keep_every=0) == ["global_step_8"]
     assert later.is_dir()
+
+
+def _events(*items: tuple) -> list[dict]:
+    return [{"event": "trainer-started", "step": a} if kind == "start" else {"event": "step", "step": a}
+            for kind, a in items]
+
+
+# The soak's sequence (seed 2, 2026-12-07): a trainer from 5 logged 6–9 and crashed on a full disk before saving 9;
+# the next, also from 5, logged 6–8, saved 9 and was killed before logging it. Step 9 is in the ledger, from the
+# first trajectory: the second's save of 9 must still count as never logged.
+SOAK = _events(("start", 5), ("step", 6), ("step", 7), ("step", 8), ("step", 9), ("start", 5), ("step", 6),
+               ("step", 7), ("step", 8))
+
+
+@pytest.mark.parametrize(
+    ("what", "events", "step", "logged"),
+    [
+        ("the soak's retrained trajectory", SOAK, 9, False),
+        ("its logged save", SOAK, 8, True),
+        ("a fresh start that logged past the save", _events(("start", None), ("step", 1), ("step", 2)), 2, True),
+        ("saved, not yet logged", _events(("start", 0), ("step", 1)), 2, False),
+        ("a later step logged: this one was too", _events(("start", 0), ("step", 3)), 2, True),
+        ("written before a trainer that resumed at it", _events(("start", 0), ("step", 4), ("start", 4)), 4, True),
+        ("an in-job restart behind a killed trainer's save",
+         _events(("start", 53), ("step", 54), ("step", 59), ("start", 53), ("step", 54)), 56, False),
+        ("no trainer-started recorded (an old ledger)", _events(("step", 1), ("step", 2)), 2, True),
+    ],
+)
+def test_a_save_counts_as_logged_only_by_the_trainer_that_wrote_it(what, events, step, logged):
+    assert checkpoints.logged_by_producer(events, step) is logged, what
+
+
+def test_the_soak_s_unlogged_save_is_set_aside_though_an_earlier_trajectory_logged_its_step(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ledger = Ledger(run)
+    for e in SOAK:
+        ledger.append(e["event"], job_id="5", chunk=3, step=e["step"])
+    for step in (5, 8, 9):
+        save(run / "checkpoints", step)
+    decision = checkpoints.prepare_resume(run / "checkpoints", 1, ledger, job_id="5", chunk=4)
+    assert decision.step == 8 and decision.skipped == [9], decision
+
+
+def test_a_first_save_torn_by_a_full_disk_reads_as_a_full_disk(tmp_path: Path) -> None:
+    """Before any complete save there is no "newest checkpoint" to size the room against: the torn one's bytes
+    are (the soak's seed 2, 2026-12-07: a first save that died of ENOSPC read as an unknown crash, and the chunk
+    spent Ray's 40 s node verdict on it). A real 2 MiB tmpfs, filled as the save filled it."""
+    import subprocess
+
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(ckpt)], check=True)
+    try:
+        actor = ckpt / "global_step_10" / "actor"
+        actor.mkdir(parents=True)
+        assert not checkpoints.disk_full(ckpt, 2)  # an empty step folder: nothing says the disk is full
+        (actor / "model_world_size_2_rank_0.pt").write_bytes(b"\0" * (1200 << 10))
+        with pytest.raises(OSError):  # the second rank's shard does not fit
+            (actor / "model_world_size_2_rank_1.pt").write_bytes(b"\0" * (1200 << 10))
+        assert checkpoints.latest_good(ckpt, 2) is None and checkpoints.disk_full(ckpt, 2)
+        (actor / "model_world_size_2_rank_1.pt").unlink()
+        (actor / "model_world_size_2_rank_0.pt").unlink()
+        (actor / "model_world_size_2_rank_0.pt").write_bytes(b"\0" * (100 << 10))  # room again
+        assert not checkpoints.disk_full(ckpt, 2)
+    finally:
+        subprocess.run(["umount", "-l", str(ckpt)], check=False)

@@ -45,3 +45,23 @@ def test_the_jobs_list_keeps_the_persons_nodes() -> None:
     events = [{"event": "submitted", "exclude": "n4"}, out("n1", NOW + 5)]
     assert job_list(events, NOW, ["n2"]) == "n1,n2,n4"
     assert job_list(events, NOW + 6) == "n4"
+
+
+@pytest.mark.parametrize(
+    ("what", "person", "events", "want"),
+    [
+        ("the soak's resume: n2 left out minutes before", None,
+         [{"event": "excluded", "nodes": "n2", "exclude": "n2", "until": 2_000.0}], "n2"),
+        ("and the person's own", "n4", [{"event": "excluded", "nodes": "n2", "exclude": "n2", "until": 2_000.0}],
+         "n2,n4"),
+        ("expired: back in", None, [{"event": "excluded", "nodes": "n2", "exclude": "n2", "until": 900.0}], None),
+        ("readmitted: back in", "n4", [{"event": "excluded", "nodes": "n2", "exclude": "n2", "until": 2_000.0},
+                                       {"event": "readmitted", "nodes": "n2", "exclude": ""}], "n4"),
+        ("an earlier submission's --exclude is the person's to give again", None,
+         [{"event": "submitted", "exclude": "n1"}], None),
+    ],
+)
+def test_a_resubmission_keeps_the_nodes_still_left_out(what, person, events, want):
+    from justrl_hpc.core.exclusions import for_resubmission
+
+    assert for_resubmission(events, 1_000.0, person) == want, what

@@ -334,6 +334,33 @@ def test_an_in_job_restart_is_its_own_heading_and_its_retrained_steps_are_lost(t
     assert "in-job restarts 1 (60.0s from crash to the next step)" in out.stdout, out.stdout
 
 
+
+def test_a_hang_counts_its_stall_and_its_dump_and_the_requeue_after_it(tmp_path: Path) -> None:
+    """Steps 1–5 (saved at 4), no step for 95 s, the stacks taken in 5 s, the trainer killed and the chunk
+    requeued (its restarts spent): the hang's 100 s is its own heading, and step 5 is lost."""
+    r = Run(tmp_path, "hang", target=10)
+    r.ev("submitted", 0, None, nodes=2)
+    r.ev("started", 5, 1, restart=0, nodes=2, hosts="n1,n2")
+    r.ev("ray-ready", 15, 1)
+    r.ev("trainer-started", 20, 1, step=0)
+    r.steps(1, 1, 5, 60, 10, saves=(4,))
+    r.ev("hang", 200, 1, step=5, stacks="logs/stacks/20261207T120000Z", seconds=5.0, stalled_s=95, limit_s=90,
+         on_hang="requeue", stack_files=12, nodes_answered=2, silent=None)
+    r.ev("trainer-exited", 201, 1, step=5, exit_code=-9, reason="hung", last_saved=4, progress=True)
+    r.ev("requeued", 203, 1, step=4, reason="hung")
+    r.ev("started", 210, 2, restart=1, nodes=2, hosts="n1,n2")
+    r.ev("trainer-started", 220, 2, step=4)
+    r.steps(2, 5, 10, 260, 10, saves=(10,))
+    r.ev("trainer-exited", 320, 2, step=10, exit_code=0, reason="finished")
+    r.ev("finished", 321, 2, step=10)
+    rep = report_json(r.dir)
+    assert (rep["hangs"], rep["hang_s"], rep["restarts_in_job"]) == (1, 100.0, 0)
+    first, second = rep["chunks"]
+    assert (first["reason"], first["hangs"], first["hang_s"], first["steps_lost"]) == ("hung", 1, 100.0, 1)
+    assert second["hangs"] == 0
+    out = report_cli(str(r.dir))
+    assert "hangs 1 (1.7m from the last step to the stacks taken)" in out.stdout, out.stdout
+
 # -- the real rehearsal's ledger -------------------------------------------------------------------------------
 
 
@@ -515,3 +542,28 @@ def test_run_folder_without_ledger_is_one_error_line(tmp_path: Path) -> None:
     assert out.stderr.startswith("error: RUN: ") and "no ledger.jsonl" in out.stderr
     assert len(out.stderr.splitlines()) == 1
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.yaml"]  # nothing written
+
+
+def test_steps_a_restart_retrains_are_counted_once_when_the_next_chunk_resumes_behind_the_crash(tmp_path: Path):
+    """The soak's chunk 13 (seed 2): trainer 1 logged 54–59 from 53 and was killed; restarted from 53, trainer 2
+    logged 54–56 and saved 56; the next chunk resumed from 56. Six steps were lost, not nine."""
+    r = Run(tmp_path, "twice", target=60)
+    r.ev("submitted", 0, None, nodes=2)
+    r.ev("started", 5, 1, restart=0, nodes=2, hosts="n1,n2")
+    r.ev("trainer-started", 20, 1, step=53)
+    r.steps(1, 54, 59, 60, 2)
+    r.ev("trainer-exited", 75, 1, step=59, exit_code=-9, reason="crashed-other", last_saved=53, progress=True)
+    r.ev("restarted-in-job", 110, 1, step=53, crash="crashed-other", restart=1, of=2)
+    r.ev("trainer-started", 111, 1, step=53)
+    r.steps(1, 54, 56, 160, 2, saves=(56,))
+    r.ev("trainer-exited", 170, 1, step=56, exit_code=1, reason="stopped", last_saved=56, progress=True)
+    r.ev("requeued", 171, 1, step=56, reason="preempted")
+    r.ev("started", 180, 2, restart=1, nodes=2, hosts="n1,n2")
+    r.ev("trainer-started", 190, 2, step=56)
+    r.steps(2, 57, 60, 240, 2, saves=(60,))
+    r.ev("trainer-exited", 250, 2, step=60, exit_code=0, reason="finished")
+    r.ev("finished", 251, 2, step=60)
+    rep = report_json(r.dir)
+    first = rep["chunks"][0]
+    assert (first["restart_lost_steps"], first["steps_lost"], first["last_step"]) == (6, 6, 56), first
+    assert rep["steps_lost"] == 6

@@ -77,6 +77,8 @@ CASES: list[tuple[str, Facts, History, str, str]] = [
      "restart-in-job", "crashed-oom"),
     ("an actor death with every node alive", Facts("trainer-exited", **{**CURABLE, "reason": "crashed-node"}),
      QUIET, "restart-in-job", "crashed-node"),
+    ("a worker killed, its node alive", Facts("trainer-exited", **{**CURABLE, "reason": "crashed-worker"}),
+     QUIET, "restart-in-job", "crashed-worker"),
     ("an unclassified exception", Facts("trainer-exited", **{**CURABLE, "reason": "crashed-other"}), QUIET,
      "restart-in-job", "crashed-other"),
     ("a node lost (Ray's GCS): requeue", Facts("trainer-exited", **{**CURABLE, "nodes_alive": False}), QUIET,
@@ -121,6 +123,21 @@ CASES: list[tuple[str, Facts, History, str, str]] = [
      "time-limit"),
     ("SIGTERM during the stop, target saved", Facts("sigterm", reason="time-limit", stopping_for_requeue=True,
                                                     reached_target=True), QUIET, "exit", ""),
+    # A hung trainer (its stacks written already), by run.on_hang.
+    ("hang, restart: in the job when a restart may", Facts("hang", **{**CURABLE, "reason": "hung"}), QUIET,
+     "restart-in-job", "hung"),
+    ("hang, restart, restarts spent: requeue", Facts("hang", **{**CURABLE, "reason": "hung", "restarts": 2}), QUIET,
+     "requeue", "hung"),
+    ("hang, restart, no time for a start-up and a step: requeue",
+     Facts("hang", **{**CURABLE, "reason": "hung", "time_left_s": 99.0}), QUIET, "requeue", "hung"),
+    ("hang, restart, a node lost: requeue", Facts("hang", **{**CURABLE, "reason": "hung", "nodes_alive": False}),
+     QUIET, "requeue", "hung"),
+    ("hang, requeue: requeue though a restart may", Facts("hang", **{**CURABLE, "reason": "hung",
+                                                                     "on_hang": "requeue"}), QUIET, "requeue", "hung"),
+    ("hang, wait: stacks only, the trainer left as it is",
+     Facts("hang", **{**CURABLE, "reason": "hung", "on_hang": "wait"}), QUIET, "continue", "hung"),
+    ("hang after two crashed chunks: the cap", Facts("hang", reason="hung", on_hang="requeue"), CRASH_LOOP, "fail",
+     "3 chunks in a row made no progress; last: hung"),
 ]
 
 
@@ -151,3 +168,55 @@ def test_a_crash_requeue_says_how_many_chunks_made_no_progress() -> None:
     assert restart.notes == {"detail": "status 1", "restart": "2"}
     out = decide(Facts("preflight", **{**BAD_N3, "excluded": ("n1",), "max_excluded": 2}))
     assert out.notes == {"nodes": "n3", "exclude": "n1,n3", "evidence": "n3: gpu-remap: GPU 2: a row remap failed"}
+
+
+# (what, now, trainer started, its steps' wall times, hung: the limit passed, or None). Figures: factor 3,
+# floor 60 s, start-up grace 100 s, so the limit is max(3 × p95 step, 60) and 160 s + the default before a step.
+HUNG = [
+    ("a step 50 s ago, 10 s steps: not yet (floor 60 s)", 1050.0, 0.0, [1000.0 - 10 * i for i in range(5)][::-1],
+     None),
+    ("a step 61 s ago, 10 s steps: hung at the floor", 1061.0, 0.0, [1000.0 - 10 * i for i in range(5)][::-1], 60.0),
+    ("30 s steps: 3 × p95 = 90 s, 80 s is not hung", 1080.0, 0.0, [1000.0 - 30 * i for i in range(5)][::-1], None),
+    ("30 s steps: 91 s is", 1091.0, 0.0, [1000.0 - 30 * i for i in range(5)][::-1], 90.0),
+    ("no step yet: max(3 × 300 s default, 60) + 100 s grace", 999.0, 0.0, [], None),
+    ("no step 1001 s after its start", 1001.0, 0.0, [], 1000.0),
+    ("one step: no duration known, the default's limit", 1000.0 + 901, 0.0, [1000.0], 900.0),
+]
+
+
+@pytest.mark.parametrize(("what", "now", "started", "steps", "limit"), HUNG, ids=[h[0] for h in HUNG])
+def test_when_the_trainer_counts_as_hung(what: str, now: float, started: float, steps: list[float],
+                                         limit: float | None) -> None:
+    from justrl_hpc.jobs.train.chunk_policy import hung
+
+    assert hung(now, started, steps, 3.0, 60.0, 100.0) == limit
+
+
+def test_the_chunk_takes_stacks_at_the_monitors_stall_figure() -> None:
+    """The run's defaults and the S1 alert's agree (one figure, core/stall.py)."""
+    from justrl_hpc.core.config import RunConfig
+    from justrl_hpc.monitor.rules.progress import ProgressSettings
+
+    run, s1 = RunConfig(), ProgressSettings()
+    assert (run.hang_factor, run.hang_min_s, run.hang_startup_grace_s) == (
+        s1.stall_warn_factor, s1.stall_warn_min_s, s1.startup_grace_s)
+
+
+@pytest.mark.parametrize(
+    ("requeue", "run_ended", "chained", "then"),
+    [
+        (True, None, False, "requeue"),
+        (True, None, True, "chained"),
+        # The limit's signal during the run's last step: the handler stopped the trainer at its target and the run
+        # finished (2026-12-07: submitit's None made the job FAILED; now it ends COMPLETED).
+        (False, "finished", False, "completed"),
+        (False, "finished", True, "completed"),
+        (False, "failed", False, "end"),
+        (False, None, False, "end"),
+    ],
+)
+def test_what_a_chunk_does_after_the_limit_signal(requeue: bool, run_ended: str | None, chained: bool,
+                                                  then: str) -> None:
+    from justrl_hpc.jobs.train.entry import after_limit_signal
+
+    assert after_limit_signal(requeue, run_ended, chained) == then

@@ -10,8 +10,10 @@ are right: the grading is exercised both ways.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,8 +115,9 @@ def eval_args(run: Path, data: Path, *extra: str) -> list[str]:
         str(data),
         "--max-new-tokens",
         "12",
+        "--partial-sets",  # the tests' sets hold a few problems each
         *extra,
-    ]
+    ] + ([] if "--judge" in extra else ["--judge", "none"])  # the judge's own tests name one
 
 
 # ---------------------------------------------------------------- grading and loading
@@ -138,16 +141,15 @@ def test_grade_cases(response: str, answer: str, correct: bool, rule: str) -> No
     assert (g.correct, g.rule) == (correct, rule)
 
 
-def test_judge_hook_sees_the_question_and_only_rejections() -> None:
-    seen: list[tuple[str, str, str]] = []
+def test_the_judge_decides_as_the_authors_and_gets_an_empty_question_unless_told() -> None:
+    from justrl_hpc.jobs.evaluate import judge
 
-    def judge(question: str, response: str, answer: str) -> bool:
-        seen.append((question, response, answer))
-        return "nine" in response
-
-    assert grade("\\boxed{9}", "9", "Q?", judge=judge).rule == "verl-math"
-    assert grade("\\boxed{nine}", "9", "Q?", judge=judge).rule == "judge"
-    assert seen == [("Q?", "\\boxed{nine}", "9")]
+    assert [judge.accepted(t) for t in ("A", " A\n", "A: CORRECT", "B", "C", "", "a", "The answer is A")] == [
+        True, True, True, False, False, False, False, False]
+    spec = judge.JudgeSpec("j", Path("."), "<{question}|{gold_answer}|{llm_response}> \\boxed{{}}", "t")
+    assert judge.message(spec, "Q?", "9", "so \\boxed{9}") == "<|9|so \\boxed{9}> \\boxed{}"
+    real = judge.JudgeSpec("j", Path("."), spec.prompt, "t", real_question=True)
+    assert judge.message(real, "Q?", "9", "r") == "<Q?|9|r> \\boxed{}"
 
 
 def test_benchmarks_load_every_schema(bench_dir: Path) -> None:
@@ -211,7 +213,10 @@ def test_end_to_end_on_a_rehearsal_checkpoint(
     csv_lines = (folder / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("benchmark,n,") and len(csv_lines) == 11
     md = (folder / "results.md").read_text()
-    assert md.startswith("| model | AIME24@4 |") and f"this run: step_{STEP}" in md
+    assert md.startswith("Generated with transformers ") and "Graded by the rules alone" in md.splitlines()[0]
+    assert "\n| model | AIME24@4 |" in md and f"this run: step_{STEP}" in md and "step_5 (" in md
+    assert summary["grading"] == {"rules": ["verl-math", "math-verify"], "judge": None}
+    assert summary["generator"]["backend"] == "transformers" and summary["generator"]["version"]
     assert "No published rows for base model" in md  # the rehearsal's base model is not in the paper
     assert md in out  # printed as well
     acc = EventAccumulator(str(run_dir / "tensorboard" / "eval"))
@@ -257,7 +262,8 @@ def test_killed_evaluation_resumes_without_redoing_samples(run_dir: Path, bench_
             proc.kill()
             proc.wait()
     args = job.build_parser().parse_args(
-        ["--run", str(run_dir), "--local", "--data", str(bench_dir), "--max-new-tokens", "12", *extra]
+        ["--run", str(run_dir), "--local", "--data", str(bench_dir), "--max-new-tokens", "12", "--partial-sets",
+         *extra]
     )
     settings = job.settings_from_args(args, job.load_settings())
     plan = job.plan_requests(settings, job.load_problems(settings))
@@ -411,34 +417,72 @@ def test_submission_is_one_node_with_the_checkout_on_the_path(run_dir: Path) -> 
     )
     assert "#SBATCH --nodes=1" in script and "#SBATCH --time=30" in script
     assert f"#SBATCH --job-name=justrl-eval-{run_dir.name}-step_{STEP}" in script
-    assert f"export PYTHONPATH={REPO}" in script and "--exclusive" not in script
+    assert f"export PYTHONPATH={REPO}" in script and "--exclusive" not in script  # the dev cluster shares nodes
+    # A GPU cluster that gives training whole nodes gives the evaluation one too: --mem=0 only beside --exclusive.
+    from justrl_hpc.core import config_files
+
+    gpu = config_files.resolve("justrl-deepseek-1.5b", "a800-4x8", [], "eval-model")
+    gpu_script = _make_sbatch_string(command="python -u -m submitit.core._submit x", folder=str(run_dir / "logs"),
+                                     **job.slurm_parameters(gpu, source, settings))
+    assert "#SBATCH --exclusive" in gpu_script and "#SBATCH --mem=0" in gpu_script and "--nodes=1" in gpu_script
     assert "#SBATCH --requeue" in script  # a timeout requeues; the restart resumes from samples.jsonl
+    from justrl_hpc.core.slurm_resources import JOB_SETUP_LINES
+
+    assert all(line in script for line in JOB_SETUP_LINES)  # srun's CPUs (Slurm 22.05–23.02), no chunk's mark
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(420)
-def test_evaluate_job_submitted_to_the_dev_cluster(
-    devcluster: object, verl_run: Path, bench_dir: Path, tmp_path: Path
+@pytest.mark.timeout(1080)
+def test_evaluation_along_the_run_on_the_dev_cluster(
+    devcluster: object, rehearsal_data: Path, bench_dir: Path, tmp_path: Path, judges: dict[str, Path]
 ) -> None:
-    """`launch --job evaluate` without --local: submitit puts it on a dev-cluster node, which generates with
-    the tiny model and grades; the table lands in the run folder."""
-    from justrl_hpc.core import slurm
+    """`launch --eval-every 10` of a 20-step rehearsal (verl saves every 10): a one-node evaluate job for each
+    save, submitted by the chunk as the save is verified or by the previous evaluate job as it ends, never two at
+    once; each grades as by default on its node (the rules, then a tiny judge on what they reject) and writes its
+    figures to TensorBoard's eval/ at its step. (It replaces the test that submitted one evaluate job by hand:
+    the same path, now as the run uses it.)"""
+    from helpers import launch_args, ledger, run_launch
 
-    run = make_run(tmp_path / "runs" / "eval-slurm", verl_run)
-    argv = [sys.executable, "-m", "justrl_hpc.launch", "--job", "evaluate", "--run", str(run), "--step", str(STEP),
-            "--data", str(bench_dir), "--benchmarks", "aime24,math500", "--samples-scale", "0.125",
-            "--max-new-tokens", "12"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
-    assert out.returncode == 0, out.stderr[-2000:]
-    job_id = out.stdout.split("submitted evaluate job ")[1].split()[0]
-    done = slurm.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 360)
-    assert done is not None and done.state == "COMPLETED", (done, list((run / "logs").rglob("*")))
-    folder = run / "eval" / f"step_{STEP}"
-    samples = SampleLog(folder).read()
-    assert len(samples) == 2 * 4 + 2 * 1  # 2 problems each: AIME24 at 32 × 0.125, MATH-500 at 4 × 0.125 → 1
-    md = (folder / "results.md").read_text()
-    assert md.startswith("| model | AIME24@4 | MATH500@1 |") and f"this run: step_{STEP}" in md
+    from justrl_hpc.core.eval_along import FINISHED, SUBMITTED
+
+    run_dir = tmp_path / "along"
+    eval_args = (f"--data {bench_dir} --benchmarks aime24,math500 --samples-scale 0.125 --max-new-tokens 12 "
+                 f"--partial-sets --judge {judges['A']} --judge-prompt {judges['prompt']}")
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", "--eval-every", "10", "--eval-args", eval_args,
+                                 steps=20), timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline and sum(e["event"] == FINISHED for e in ledger(run_dir)) < 2:
+        time.sleep(2)
+    led = ledger(run_dir)
+    submitted = [e for e in led if e["event"] == SUBMITTED]
+    finished = [e for e in led if e["event"] == FINISHED]
+    assert [e["step"] for e in submitted] == [10, 20], [e["event"] for e in led]
+    assert [(e["step"], e["ok"], e["eval_job"]) for e in finished] == [
+        (10, True, submitted[0]["eval_job"]), (20, True, submitted[1]["eval_job"])], finished
+    assert submitted[1]["time"] >= finished[0]["time"]  # one at a time
+    assert submitted[0]["job_id"] == next(e for e in led if e["event"] == "started")["job_id"]  # by the chunk
+    assert led.index(finished[1]) > next(i for i, e in enumerate(led) if e["event"] == "finished")
+    tb_eval = {}
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in (run_dir / "tensorboard" / "eval").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if v.tag == "eval/average":
+                    tb_eval[int(event.step)] = v.simple_value if v.HasField("simple_value") else None
+    assert sorted(tb_eval) == [10, 20], tb_eval
+    for step in (10, 20):
+        folder = run_dir / "eval" / f"step_{step}"
+        samples = SampleLog(folder).read()
+        assert len(samples) == 2 * 4 + 2 * 1  # 2 problems each: AIME24 at 32 × 0.125, MATH-500 at 4 × 0.125 → 1
+        md = (folder / "results.md").read_text()
+        assert "\n| model | AIME24@4 | MATH500@1 |" in md and f"this run: step_{step}" in md
+        summary = json.loads((folder / "summary.json").read_text())
+        judged = summary["grading"]["judge"]
+        rejected = sum(1 for s in samples.values() if not s.correct)
+        assert judged["asked"] == rejected == judged["accepted"]  # the A judge, on the node, accepts all it is asked
+        assert summary["average"] == 100.0 == next(e["average"] for e in finished if e["step"] == step)
 
 
 @pytest.mark.parametrize(
@@ -462,3 +506,324 @@ def test_more_engines_than_the_jobs_devices_is_refused() -> None:
 
     with pytest.raises(ValueError, match="job sees only CUDA devices 4,5"):
         worker_devices("4,5", 4)
+
+
+def test_the_evaluated_model_and_the_base_model_are_two_fields(
+    run_dir: Path, rehearsal_data: Path, tmp_path: Path
+) -> None:
+    """A --model folder was named as the run's base model in summary.json (seen 2026-12-06)."""
+    import shutil
+
+    from justrl_hpc.jobs.evaluate import model_source, results
+
+    # The session's tiny model, made by the tests (the recipe's own data/rehearsal/model exists only after a
+    # rehearsal in this checkout: CI's clean clone has none, 2026-12-07).
+    other = tmp_path / "another-model"
+    shutil.copytree(rehearsal_data / "model", other)
+    folder = model_source.resolve(str(run_dir), None, str(other))
+    assert not folder.checkpoint and folder.evaluated == str(folder.hf_dir) != folder.base_model
+    ckpt = model_source.resolve(str(run_dir), STEP, None)
+    assert ckpt.evaluated == f"{run_dir.name} step {STEP}"
+    table = results.score({}, {}, folder.label, None, folder.evaluated)
+    results.write_outputs(table, tmp_path / "out", folder.base_model)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["evaluated_model"], summary["base_model"]) == (str(folder.hf_dir), folder.base_model)
+
+
+# ---------------------------------------------------------------- the judge
+
+# A judge prompt in the shape of the real one (its three placeholders, a format escape); the real text is the
+# judge's and stays in the user's checkout of the authors' repository.
+JUDGE_PROMPT = "Grade it.\nQ: {question}\nGold: {gold_answer}\nCandidate: {llm_response}\nIgnore \\boxed{{}}. Verdict:"
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Qwen2 models standing in for CompassVerifier-3B, loaded and run like any judge folder. Their
+    generation_config.json biases the first token to one letter and the next to end-of-sequence, so the "A" judge
+    answers "A" to everything and the "B" judge "B"; "random" has no bias (whatever its weights say)."""
+    from transformers import GenerationConfig
+
+    from justrl_hpc.dev.toy.tiny_model import build_tiny_model, build_tokenizer, save_tiny_model
+
+    root = tmp_path_factory.mktemp("judges")
+    tok = build_tokenizer()
+    out = {}
+    for name in ("A", "B", "random"):
+        model = build_tiny_model(tok, seed=11, max_positions=2048)
+        bias = {}
+        if name != "random":
+            letter = tok.convert_tokens_to_ids(name)
+            bias = {"sequence_bias": [[[letter], 50.0], [[letter, tok.eos_token_id], 100.0]]}
+        model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                                   **bias)
+        out[name] = save_tiny_model(root / name, tokenizer=tok, model=model)
+    (root / "prompt.txt").write_text(JUDGE_PROMPT)
+    out["prompt"] = root / "prompt.txt"
+    return out
+
+
+def _judged_run(tmp_path: Path, verl_run: Path, bench_dir: Path, judge: Path, prompt: Path, *extra: str):
+    from justrl_hpc.jobs.evaluate import job
+    from justrl_hpc.jobs.evaluate.model_source import resolve
+
+    run = make_run(tmp_path / "runs" / f"judged-{judge.name}", verl_run)
+    args = job.build_parser().parse_args(
+        eval_args(run, bench_dir, "--step", str(STEP), "--benchmarks", "aime24,math500", "--samples-scale", "0.125",
+                  "--judge", str(judge), "--judge-prompt", str(prompt), *extra)[2:]
+    )
+    settings = job.settings_from_args(args, job.load_settings())
+    asked: dict[str, list[list[str]]] = {}
+    table = job.evaluate(settings, resolve(str(run), STEP, None), generator_factory=recording(asked),
+                         judge=job.judge_for(settings))
+    return run / "eval" / f"step_{STEP}", table, asked
+
+
+def recording(asked: dict[str, list[list[str]]]):  # type: ignore[no-untyped-def]
+    """A generator factory making the real generators, what each model folder is asked recorded in `asked`."""
+    from justrl_hpc.jobs.evaluate.generate import make_generator
+
+    def factory(backend: str, path: str):  # type: ignore[no-untyped-def]
+        gen = make_generator(backend, path)
+        real = gen.generate
+
+        def generate(messages, params, seeds):  # type: ignore[no-untyped-def]
+            asked.setdefault(Path(path).name, []).append(list(messages))
+            return real(messages, params, seeds)
+
+        gen.generate = generate  # type: ignore[method-assign]
+        return gen
+
+    return factory
+
+
+def test_the_judge_is_asked_only_what_the_rules_rejected_and_its_a_counts(
+    tmp_path: Path, verl_run: Path, bench_dir: Path, judges: dict[str, Path]
+) -> None:
+    from justrl_hpc.jobs.evaluate.judge import JudgeLog
+
+    folder, table, asked = _judged_run(tmp_path, verl_run, bench_dir, judges["A"], judges["prompt"])
+    samples = SampleLog(folder).read()
+    rejected = {k for k, r in samples.items() if not r.correct}
+    assert 0 < len(rejected) < len(samples)  # the rules accepted some and rejected others
+    assert all(samples[k].text is not None for k in rejected)  # the judge read the whole response
+    assert all(r.text is None for r in samples.values() if r.correct)  # kept only where needed
+    judged = JudgeLog(folder).read()
+    assert set(judged) == rejected and all(row["judgement"] == "A" and row["accepted"] for row in judged.values())
+    # What the judge was asked: the prompt with an empty question (the authors'), the gold answer, the response.
+    messages = [m for call in asked["A"] for m in call]
+    assert len(messages) == len(rejected)
+    r = samples[sorted(rejected)[0]]
+    assert messages[0] == JUDGE_PROMPT.format(question="", gold_answer=r.answer, llm_response=r.text)
+    assert "Ignore \\boxed{}." in messages[0]
+    assert all(s.avg_at_n == 100.0 for s in table.scores)  # the A judge accepts everything it is asked
+    summary = json.loads((folder / "summary.json").read_text())
+    judge = summary["grading"]["judge"]
+    assert (judge["asked"], judge["accepted"], judge["model"]) == (len(rejected), len(rejected), str(judges["A"]))
+    assert judge["question"].startswith("empty") and len(judge["prompt_sha256"]) == 64
+    md = (folder / "results.md").read_text()
+    assert f"on the {len(rejected)} responses they rejected, {len(rejected)} accepted" in md.splitlines()[0]
+    assert "with an empty question as theirs" in md and "†" not in md
+
+    # A requeued job: samples and verdicts done are not redone; the lost verdicts are asked again, only those.
+    lines = (folder / "judged.jsonl").read_text().splitlines()
+    (folder / "judged.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + '\n{"benchmark": "aime24", "pro')
+    asked.clear()
+    from justrl_hpc.jobs.evaluate import job
+    from justrl_hpc.jobs.evaluate.model_source import resolve
+
+    args = job.build_parser().parse_args(
+        eval_args(folder.parents[1], bench_dir, "--step", str(STEP), "--benchmarks", "aime24,math500",
+                  "--samples-scale", "0.125", "--judge", str(judges["A"]), "--judge-prompt", str(judges["prompt"]))[2:]
+    )
+    settings = job.settings_from_args(args, job.load_settings())
+    again = job.evaluate(settings, resolve(str(folder.parents[1]), STEP, None), generator_factory=recording(asked),
+                         judge=job.judge_for(settings))
+    assert list(asked) == ["A"]  # the policy generated nothing
+    assert sum(len(c) for c in asked["A"]) == len(rejected) - len(lines) // 2
+    assert set(JudgeLog(folder).read()) == rejected and again.average == 100.0
+
+
+def test_a_judge_that_says_b_changes_nothing_and_the_real_question_is_marked(
+    tmp_path: Path, verl_run: Path, bench_dir: Path, judges: dict[str, Path]
+) -> None:
+    folder, table, asked = _judged_run(tmp_path, verl_run, bench_dir, judges["B"], judges["prompt"],
+                                       "--judge-question")
+    samples = SampleLog(folder).read()
+    rejected = [k for k, r in samples.items() if not r.correct]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["grading"]["judge"]["asked"], summary["grading"]["judge"]["accepted"]) == (len(rejected), 0)
+    # The figures are the rules' alone.
+    rules_only = score(samples, {b: (sorted({k[1] for k in samples if k[0] == b}), n)
+                                 for b, n in (("aime24", 4), ("math500", 1))}, "x", STEP, "m")
+    assert [s.avg_at_n for s in table.scores] == [s.avg_at_n for s in rules_only.scores]
+    messages = [m for call in asked["B"] for m in call]
+    assert all("Q: What is the largest" in m for m in messages), messages[0]  # the real question
+    md = (folder / "results.md").read_text()
+    assert "with the real question (theirs passed an empty one)" in md and "†" in md.split("| published")[0]
+
+
+def test_a_random_judges_verdicts_are_counted_by_the_authors_rule(
+    tmp_path: Path, verl_run: Path, bench_dir: Path, judges: dict[str, Path]
+) -> None:
+    from justrl_hpc.jobs.evaluate.judge import JudgeLog, accepted
+
+    folder, table, _ = _judged_run(tmp_path, verl_run, bench_dir, judges["random"], judges["prompt"])
+    judged = JudgeLog(folder).read()
+    assert judged and all(row["accepted"] == accepted(row["judgement"]) for row in judged.values())
+    samples = SampleLog(folder).read()
+    right = sum(r.correct for r in samples.values()) + sum(row["accepted"] for row in judged.values())
+    per = {s.benchmark: s for s in table.scores}
+    assert per["aime24"].samples + per["math500"].samples == len(samples)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["grading"]["judge"]["accepted"] == right - sum(r.correct for r in samples.values())
+
+
+def test_a_judge_that_cannot_be_used_is_one_error_before_anything_is_written(
+    tmp_path: Path, verl_run: Path, run_dir: Path, bench_dir: Path, judges: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = make_run(tmp_path / "runs" / "judge-bad", verl_run)
+    judge, prompt = str(judges["A"]), str(judges["prompt"])
+    bad_prompt = tmp_path / "bad.txt"
+    bad_prompt.write_text("Q: {question} A: {gold_answer}")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"")
+    cases = [
+        (("--judge", str(tmp_path / "nowhere"), "--judge-prompt", prompt), "--judge: no such folder"),
+        (("--judge", str(no_weights), "--judge-prompt", prompt), "not a Hugging Face model folder"),
+        (("--judge", str(broken), "--judge-prompt", prompt), "does not load"),
+        (("--judge", "someone/NotCached-3B", "--judge-prompt", prompt), "not in this machine's Hugging Face cache"),
+        (("--judge", judge), "--judge-prompt: no judge prompt at"),  # the data folder has no judge_prompt.txt
+        (("--judge", judge, "--judge-prompt", str(bad_prompt)), "missing llm_response"),
+    ]
+    for extra, says in cases:
+        err = _bad(eval_args(run, bench_dir, "--step", str(STEP), *extra), capsys)
+        assert says in err, (extra, err)
+    assert not (run / "eval").exists()
+    # A folder graded by the rules alone kept no rejected response: the judge cannot be asked about them.
+    assert launch.main(eval_args(run, bench_dir, "--step", str(STEP), "--benchmarks", "aime24", "--limit", "1",
+                                 "--samples", "aime24=2")) == 0
+    capsys.readouterr()
+    before = (run / "eval" / f"step_{STEP}" / "samples.jsonl").read_bytes()
+    err = _bad(eval_args(run, bench_dir, "--step", str(STEP), "--benchmarks", "aime24", "--limit", "1",
+                         "--samples", "aime24=2", "--judge", judge, "--judge-prompt", prompt), capsys)
+    rejected = [r for r in SampleLog(run / "eval" / f"step_{STEP}").read().values() if not r.correct]
+    assert rejected, "the seeded samples are all right: ask for more of them"
+    assert f"holds {len(rejected)} rejected samples graded without the judge" in err and "--judge none" in err
+    assert (run / "eval" / f"step_{STEP}" / "samples.jsonl").read_bytes() == before
+
+
+# ---------------------------------------------------------------- a model without a run folder
+
+
+def test_a_model_without_a_run_folder_gets_a_home_and_its_base_models_rows(
+    tmp_path: Path, rehearsal_data: Path, bench_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a reader does first: evaluate the published model (here the tiny model under a published name)."""
+    import shutil
+
+    from justrl_hpc.jobs.evaluate import job
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "hub" / "JustRL-DeepSeek-1.5B"
+    shutil.copytree(rehearsal_data / "model", model)
+    base = ["--job", "evaluate", "--model", str(model), "--data", str(bench_dir), "--max-new-tokens", "8",
+            "--partial-sets", "--judge", "none", "--benchmarks", "aime24", "--samples", "aime24=2"]
+    # Neither a run nor a model; a submission without a cluster to submit to: one line each, nothing written.
+    assert "--run" in _bad([a for a in base if a not in ("--model", str(model))] + ["--local"], capsys)
+    assert "--cluster" in _bad(base, capsys)
+    assert "--model" in _bad([*base, "--local", "--model", "nobody/NotCached-1.5B"], capsys)
+    assert not (tmp_path / "runs").exists()
+
+    assert launch.main([*base, "--local"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "runs" / "models" / "JustRL-DeepSeek-1.5B" / "eval" / "model"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["evaluated_model"] == str(model) and summary["base_model"] == "DeepSeek-R1-Distill-Qwen-1.5B"
+    md = (folder / "results.md").read_text()
+    assert "published: JustRL-DeepSeek-1.5B (step 4380) | 52.60" in md and md in out
+    assert (tmp_path / "runs" / "models" / "JustRL-DeepSeek-1.5B" / "tensorboard" / "eval").is_dir()
+    # Another base model, named: its rows instead; and what a submitted job runs on the node, in-process.
+    args = job.build_parser().parse_args([a for a in base[2:] if a != "--local"] + ["--base-model",
+                                                                                       "OpenMath-Nemotron-1.5B",
+                                                                                       "--step", "9"])
+    settings = job.settings_from_args(args, job.load_settings())
+    got = job.EvaluateJob(dataclasses.asdict(settings), None, 9, str(model), None, "OpenMath-Nemotron-1.5B")()
+    assert got["label"] == "step_9" and got["step"] == 9
+    md = (folder.parent / "step_9" / "results.md").read_text()
+    assert "published: QuestA-Nemotron-1.5B" in md and "published: JustRL-DeepSeek" not in md
+
+
+def test_the_dry_run_prints_the_protocols_cost_and_writes_nothing(
+    tmp_path: Path, rehearsal_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nine sets at the protocol's sizes: 12,184 samples; at the assumed 8,000-token mean and 5,000 tokens/s
+    on each of the a800 cluster's 8 GPUs, 97.5 M tokens in ~41 minutes, inside the 60-minute target."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "eval"
+    data.mkdir()
+    for b in bm.BENCHMARKS:
+        rows = [{"problem": f"{b.key} {i}", "answer": str(i)} for i in range(b.size)]
+        pq.write_table(pa.Table.from_pylist(rows), data / f"{b.key}.parquet")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--job", "evaluate", "--model", str(rehearsal_data / "model"), "--cluster", "a800-4x8",
+            "--data", str(data), "--judge", "none", "--dry-run"]
+    assert launch.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "total          12,184 samples (0 already done, 12,184 to generate)" in out, out
+    assert "97.5 M at a mean of 8,000 per sample (assumed: expected_mean_tokens)" in out and "at most 386.8 M" in out
+    assert "~41 min on 8 GPU(s) at 5,000 tokens/s each" in out and "within the 60-minute target" in out
+    assert re.search(r"MATH500 +500 problems x +4 = +2,000 samples", out), out
+    assert "dry run: nothing submitted, nothing written" in out and not (tmp_path / "runs").exists()
+
+
+def test_the_next_batch_generates_while_this_one_is_graded(
+    tmp_path: Path, verl_run: Path, bench_dir: Path
+) -> None:
+    """Grading (CPU) overlaps the next batch's generation (GPUs): the first batch's grading waits, here, for the
+    second batch's generation to start; done one after the other, it would wait in vain."""
+    import threading
+
+    from justrl_hpc.jobs.evaluate import job
+    from justrl_hpc.jobs.evaluate.generate import make_generator
+    from justrl_hpc.jobs.evaluate.model_source import resolve
+
+    run = make_run(tmp_path / "runs" / "overlap", verl_run)
+    args = job.build_parser().parse_args(eval_args(run, bench_dir, "--step", str(STEP), "--benchmarks", "aime24",
+                                                   "--samples", "aime24=3", "--batch-size", "2")[2:])
+    settings = job.settings_from_args(args, job.load_settings())
+    second_started = threading.Event()
+    calls: list[int] = []
+
+    def counting(backend: str, path: str):  # type: ignore[no-untyped-def]
+        gen = make_generator(backend, path)
+        real = gen.generate
+
+        def generate(messages, params, seeds):  # type: ignore[no-untyped-def]
+            calls.append(len(messages))
+            if len(calls) == 2:
+                second_started.set()
+            return real(messages, params, seeds)
+
+        gen.generate = generate  # type: ignore[method-assign]
+        return gen
+
+    waited: list[bool] = []
+
+    def grader(response: str, answer: str):  # type: ignore[no-untyped-def]
+        if not waited:
+            waited.append(second_started.wait(timeout=60))
+        return grade(response, answer)
+
+    table = job.evaluate(settings, resolve(str(run), STEP, None), generator_factory=counting, grader=grader)
+    assert waited == [True] and calls == [2, 2, 2]  # 2 problems x 3 samples in batches of 2
+    assert table.scores[0].samples == 6 and len(SampleLog(run / "eval" / f"step_{STEP}").read()) == 6

@@ -114,3 +114,97 @@ def test_retention_keeps_the_save_a_resume_falls_back_to(tmp_path):
         save_checkpoint(ckpt, step)
     assert checkpoints.apply_retention(ckpt, 1, keep_last=1, keep_every=0, protect={6}) == ["global_step_5"]
     assert checkpoints.verified_steps(ckpt, 1) == [6, 7]
+
+
+def test_after_a_retrain_a_stops_last_step_in_tensorboard_only_still_counts(tmp_path):
+    """The soak's seed 2 (2026-12-07): the first trainer logged steps 1-9 and crashed before any save; the next
+    trainers retrained from 0; one was stopped with step 7 saved and in TensorBoard but its console line lost.
+    "Known" was the run's newest logged step (9, the dead trajectory's), so step 7 was ignored, the save at 7 set
+    aside as never logged, and step 7 trained again. What the latest trainer itself logged is what counts."""
+    from justrl_hpc.jobs.train.logged_steps import latest_trainer_logged
+
+    run = tmp_path / "run"
+    ledger = Ledger(run / "ledger.jsonl")
+    ledger.append("trainer-started", job_id="7", chunk=1, step=0)
+    for step in range(1, 10):
+        ledger.append("step", job_id="7", chunk=1, step=step)
+    ledger.append("trainer-exited", job_id="7", chunk=1, step=9, reason="crashed-disk")
+    assert latest_trainer_logged(ledger.read()) == 9
+    started = time.time()
+    ledger.append("trainer-started", job_id="7", chunk=3, step=3)
+    for step in range(4, 7):
+        ledger.append("step", job_id="7", chunk=3, step=step)
+    assert latest_trainer_logged(ledger.read()) == 6  # not 9
+    write_steps(run / "tensorboard", range(4, 8))
+    ckpt = run / "checkpoints"
+    for step in (6, 7):
+        save_checkpoint(ckpt, step)
+    known = latest_trainer_logged(ledger.read())
+    assert record_unseen(ledger, run / "tensorboard", started, known, "7", 3) == [7]
+    decision = checkpoints.prepare_resume(ckpt, 1, ledger)
+    assert decision.step == 7 and decision.skipped == []
+    # With the run's newest logged step as "known", as before, nothing in TensorBoard was newer: 7 went unrecorded.
+    assert not [s for s in tensorboard_steps(run / "tensorboard", started - 1) if s > checkpoints.logged_steps(ledger)]
+    assert latest_trainer_logged([]) == 0
+
+
+# The tags of one of verl's training steps (the soak's files have 100), a few kinds; validation steps add val-*.
+TRAIN_TAGS = [f"{group}/{i}" for group in ("global_seqlen", "actor", "critic/score", "perf", "timing_s")
+              for i in range(6)]
+
+
+def write_verl_steps(folder: Path, steps: list[int], cut_last_at: int | None = None, val: tuple[int, ...] = (),
+                     saved: tuple[int, ...] = (), val_only: tuple[int, ...] = ()) -> None:
+    """Steps as verl's TensorBoard logger writes them, one scalar per metric; the last step stopped after
+    `cut_last_at` of its scalars as a trainer stopped mid-step leaves it."""
+    writer = SummaryWriter(str(folder))
+    for step in steps:
+        tags = ([f"val-core/acc/{i}" for i in range(3)] if step in val + val_only else [])
+        tags += [] if step in val_only else TRAIN_TAGS
+        tags += ["timing_s/save_checkpoint"] if step in saved else []
+        if step == steps[-1] and cut_last_at is not None:
+            tags = tags[:cut_last_at]
+        for tag in tags:
+            writer.add_scalar(tag, 0.5, step)
+    writer.close()
+
+
+def test_a_step_cut_in_the_middle_of_its_scalars_is_not_logged(tmp_path):
+    """The soak's seed 2 (2026-12-07, third run): a chunk stopped while verl wrote step 74 left 8 of its 101
+    scalars, without critic/score/mean. Counted as logged, the next chunk resumed from save 74 and step 74's
+    curves were never written. A step counts only when it has every training tag the complete steps have;
+    validation tags, a save's timing and a validation-only step (step 0, or the step a trainer starts from) are
+    not required and not counted."""
+    tb = tmp_path / "tensorboard"
+    write_verl_steps(tb, [0, 71, 72, 73, 74], cut_last_at=8, val=(72,), saved=(73,), val_only=(0,))
+    assert tensorboard_steps(tb) == {71, 72, 73}
+
+    # The trainer after it, retraining 74: complete, its last step too (the reference is its own earlier steps).
+    write_verl_steps(tmp_path / "second", [73, 74, 75], val_only=(73,))
+    assert tensorboard_steps(tmp_path / "second") == {74, 75}
+
+    # A file of one step is judged against the newest earlier file; with no earlier file it does not count.
+    since = time.time() + 1
+    os.utime(next(tb.glob("events.*")), (since - 60, since - 60))
+    time.sleep(0.01)
+    write_verl_steps(tb, [74], saved=(74,))
+    for path in tb.glob("events.*"):
+        if path.stat().st_mtime > since - 30:
+            os.utime(path, (since + 5, since + 5))
+    assert tensorboard_steps(tb, since) == {74}  # has every training tag of 71-73, plus a save's timing
+    write_verl_steps(tmp_path / "alone", [1])
+    assert tensorboard_steps(tmp_path / "alone") == set()
+
+    # Where the trainer ends: the cut step is not recorded, so its save is set aside and the step trained again.
+    run = tmp_path / "run"
+    ledger = Ledger(run / "ledger.jsonl")
+    started = time.time()
+    ledger.append("trainer-started", job_id="9", chunk=4, step=70)
+    for step in range(71, 74):
+        ledger.append("step", job_id="9", chunk=4, step=step)
+    write_verl_steps(run / "tensorboard", [70, 71, 72, 73, 74], cut_last_at=8, val_only=(70,))
+    for step in (72, 74):
+        save_checkpoint(run / "checkpoints", step)
+    assert record_unseen(ledger, run / "tensorboard", started, 73, "9", 4) == []
+    decision = checkpoints.prepare_resume(run / "checkpoints", 1, ledger)
+    assert decision.step == 72 and decision.skipped == [74]

@@ -312,3 +312,30 @@ def test_hard_gpu_failures_are_marked_hard(tmp_path: Path) -> None:
     assert bad == {"gpu-ecc": True, "gpu-remap": True}
     result = preflight.summary(checks, 1.0)
     assert [h.split(":")[0] for h in result["hard"]] == ["gpu-ecc", "gpu-remap"]
+
+
+def test_the_job_scripts_hand_the_jobs_cpus_to_srun(tmp_path: Path) -> None:
+    """Slurm 22.05–23.02's srun does not inherit --cpus-per-task: the train chunk's setup lines (what submitit's
+    script and sbatch/train.sbatch run) and the evaluate job's export SRUN_CPUS_PER_TASK, run by bash here."""
+    import subprocess
+
+    from justrl_hpc.core.config_files import resolve
+    from justrl_hpc.core.slurm_resources import JOB_SETUP_LINES, RUN_MARK_ENV, SRUN_CPUS_LINE
+    from justrl_hpc.jobs.train.submission import setup_lines
+
+    repo = Path(__file__).resolve().parents[2]
+    lines = setup_lines(resolve("rehearsal", "dev"), tmp_path)
+    # A job submitted from inside a chunk arrives with the chunk's process mark: the setup drops it, or the
+    # submitting chunk's sweep would take the new job's processes for its own.
+    for script, env in (("\n".join(lines), {"SLURM_CPUS_PER_TASK": "2", RUN_MARK_ENV: "r/7/0/n1"}),
+                        ("\n".join(lines), {})):
+        out = subprocess.run(["bash", "-c", script + f'\necho "cpus=${{SRUN_CPUS_PER_TASK:-unset}} '
+                              f'mark=${{{RUN_MARK_ENV}:-unset}}"'],
+                             capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", **env})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().endswith(("cpus=2" if env else "cpus=unset") + " mark=unset"), out.stdout
+    # The sbatch scripts print those same lines (evaluate.sbatch by the constant, train.sbatch by setup_lines);
+    # tests/cluster/test_sbatch.py runs both on the dev cluster.
+    assert "JOB_SETUP_LINES" in (repo / "sbatch" / "evaluate.sbatch").read_text()
+    assert set(JOB_SETUP_LINES) <= set(lines) and SRUN_CPUS_LINE in JOB_SETUP_LINES
+    assert "submission:setup_lines" in (repo / "sbatch" / "train.sbatch").read_text()

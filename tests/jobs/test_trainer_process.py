@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
 
@@ -95,6 +96,16 @@ def test_classify_exit():
     assert classify_exit(-9, False, "Out of memory: Killed process 4242 (python)") == "crashed-oom"
     assert classify_exit(-9, False, "python invoked oom-killer: gfp_mask=0x140dca, order=0") == "crashed-oom"
     assert classify_exit(-9, False, "step:5 - timing_s/step:1.0") == "crashed-other"
+
+
+def test_a_killed_worker_and_a_lost_node_read_apart_in_recorded_real_tails():
+    tails = Path(__file__).resolve().parents[1] / "data" / "ray_crash_tails"
+    worker = (tails / "worker_killed.log").read_text(errors="replace")
+    node = (tails / "node_lost.log").read_text(errors="replace")
+    assert classify_exit(1, False, worker) == "crashed-worker"
+    assert classify_exit(1, False, node) == "crashed-node"
+    # Slurm's own word for a lost node wins over the worker deaths it causes.
+    assert classify_exit(1, False, worker, "srun: error: Node failure on n2") == "crashed-node"
 
 
 def test_node_agent_stops_cleanly_when_its_chunk_task_is_killed(tmp_path):

@@ -100,6 +100,13 @@ BAD = [
     (["--name", "my run!"], "run.name", "letters, digits"),
     (["--time-limit", "5"], "run.time_limit_min", "no time for one"),
     (["--json"], "--json", "goes with --dry-run"),
+    (["--eval-every", "-1"], "--eval-every", "0 (off) or a number"),
+    (["--eval-args", "--judge none"], "--eval-args", "goes with --eval-every"),
+    (["--eval-every", "250", "--eval-args", "--step 10"], "--eval-args", "--step is set by the run"),
+    (["--eval-every", "250", "--eval-args", "--bogus aime24"], "--eval-args", "not an option"),
+    (["--eval-every", "250", "--eval-args", "--samples-scale -1"], "--eval-args", "--samples-scale"),
+    (["--eval-every", "250", "--eval-args", "--benchmarks aime2"], "--eval-args", "unknown benchmark"),
+    (["--eval-every", "250", "--eval-args", "--judge 'none"], "--eval-args", "cannot split"),
 ]
 
 
@@ -135,3 +142,19 @@ def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_eval_every_is_in_the_plan_with_its_options_made_absolute(tmp_path):
+    (tmp_path / "evalsets").mkdir()
+    out = launch("--nodes", "4", "--dry-run", "--eval-every", "250", "--eval-args",
+                 "--data evalsets --benchmarks aime24,aime25 --judge none", cwd=tmp_path)
+    assert out.returncode in (0, 1) and not out.stderr, out.stderr  # 1: this machine has no model files
+    line = next(x for x in out.stdout.splitlines() if x.startswith("eval "))
+    assert line == (f"eval     every 250 steps: a one-node evaluate job per kept save, one at a time "
+                    f"(--data {tmp_path / 'evalsets'} --benchmarks aime24,aime25 --judge none)")
+    # What each evaluate job would refuse is found now, as the plan's checks (and a real launch refuses).
+    assert "\nFAIL     eval data: --data: " in out.stdout and "aime24" in out.stdout.lower(), out.stdout
+    assert "\nok       eval judge: none (the rules alone)" in out.stdout
+    plan = json.loads(launch("--nodes", "4", "--dry-run", "--json", "--eval-every", "250", cwd=tmp_path).stdout)
+    assert plan["eval"] == {"every": 250, "args": ["--data", str(tmp_path / "data" / "eval")]}  # the default, absolute
+    assert json.loads(launch("--nodes", "4", "--dry-run", "--json", cwd=tmp_path).stdout)["eval"] is None

@@ -123,7 +123,9 @@ def trace(tmp_path: Path, name: str, steps: list[Values]) -> list[tuple[int, flo
     return read_tb(logdir)
 
 
-RAW = TrainRuleSettings(entropy_ema_alpha=1.0, reward_ema_alpha=1.0)  # no smoothing: exact expected steps
+# A rules file's absolute entropy lines (off by default: the paper's band is context, not a law).
+LINES = {"entropy_band": (0.8, 2.0), "entropy_critical_band": (0.6, 3.0)}
+RAW = TrainRuleSettings(entropy_ema_alpha=1.0, reward_ema_alpha=1.0, **LINES)  # no smoothing: exact expected steps
 
 
 def planted_a(n: int = 500) -> list[Values]:
@@ -212,15 +214,14 @@ def test_planted_collapse_slowdown_and_reward_fall(tmp_path: Path) -> None:
     slow = steps_with(found, "S3-slowdown:step_time")
     assert slow[0] == 354 and slow[-1] < 400
 
-    # With the default EMA (α=0.1) the collapse is seen ~16 steps later, as critical.
-    smooth = first_seen(run(TrainingWatch(TrainRuleSettings(), CAP), series))
+    # With the default EMA (α=0.1) the band's line is crossed ~16 steps later, as critical.
+    smooth = first_seen(run(TrainingWatch(TrainRuleSettings(**LINES), CAP), series))
     step, severity = smooth["T3-entropy-collapse:band"]
     assert 312 <= step <= 326 and severity == "critical"
-    # A toy task with another entropy band: the absolute check off, the relative one still there.
-    toy = first_seen(
-        run(TrainingWatch(TrainRuleSettings(entropy_band=None, entropy_critical_band=None), CAP), series)
-    )
-    assert "T3-entropy-collapse:band" not in toy and "T3-entropy-collapse:drift" in toy
+    # The defaults draw no absolute line; the run's own history still reports the collapse, as early.
+    default = first_seen(run(TrainingWatch(TrainRuleSettings(), CAP), series))
+    assert "T3-entropy-collapse:band" not in default
+    assert default["T3-entropy-collapse:reference"][0] <= 306 and "T3-entropy-collapse:drift" in default
 
 
 def test_planted_length_explosion_and_truncation(tmp_path: Path) -> None:
@@ -568,7 +569,7 @@ def test_bad_config_file_is_one_error_line(tmp_path: Path, text: str, message: s
 
 def test_check_command_prints_resolved_settings(tmp_path: Path) -> None:
     path = tmp_path / "monitor.yaml"
-    path.write_text("training:\n  entropy_band: null\n")
+    path.write_text("training:\n  entropy_band: [0.9, 1.8]\n")
     proc = subprocess.run(
         [sys.executable, "-m", "justrl_hpc.monitor.settings", str(path)],
         capture_output=True,
@@ -577,5 +578,34 @@ def test_check_command_prints_resolved_settings(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
-    assert out["training"]["entropy_band"] is None and out["progress"]["stall_warn_min_s"] == 1800
+    assert out["training"]["entropy_band"] == [0.9, 1.8] and out["training"]["entropy_critical_band"] is None
+    assert out["progress"]["stall_warn_min_s"] == 1800
     assert out["gpu"]["xid_critical"][0] == 48
+
+
+def test_a_hang_the_chunk_took_stacks_of_is_one_alert_naming_the_folder_and_what_followed() -> None:
+    from justrl_hpc.monitor.rules.progress import HANG_HOLD_S, evaluate_hangs
+
+    t0 = 1_000_000.0
+
+    def at(dt: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t0 + dt))
+
+    hang = {"event": "hang", "time": at(0), "job_id": "41", "chunk": 3, "step": 120,
+            "stacks": "logs/stacks/20261207T120000Z", "stalled_s": 1810, "limit_s": 1800, "on_hang": "restart",
+            "stack_files": 37, "nodes_answered": 4, "silent": ["n3:811(vllm,stopped)"]}
+    (f,) = evaluate_hangs([hang], t0 + 5)
+    assert (f.key, f.severity, f.step) == ("S1-hang-stacks:20261207T120000Z", "warn", 120)
+    assert "no step for 1810 s after step 120 (limit 1800 s)" in f.message
+    assert "logs/stacks/20261207T120000Z (37 files, 4 nodes; no answer from n3:811(vllm,stopped))" in f.message
+    assert f.message.endswith("the chunk then is acting on it")
+    after = [hang, {"event": "restarted-in-job", "time": at(3)}, {"event": "requeued", "time": at(900)}]
+    assert evaluate_hangs(after, t0 + 60)[0].message.endswith("restarted the trainer in the job")
+    assert evaluate_hangs([hang, after[2]], t0 + 60)[0].message.endswith("requeued itself")
+    assert evaluate_hangs([{**hang, "on_hang": "wait"}], t0 + 60)[0].message.endswith("waits (run.on_hang: wait)")
+    # Two hangs are two alerts; each is held for a while, then gone.
+    second = {**hang, "time": at(7200), "stacks": "logs/stacks/20261207T140000Z"}
+    assert len(evaluate_hangs([hang, second], t0 + 7300)) == 2
+    assert [x.key for x in evaluate_hangs([hang, second], t0 + HANG_HOLD_S + 1)] == [
+        "S1-hang-stacks:20261207T140000Z"]
+    assert evaluate_hangs([{"event": "step", "time": at(0), "step": 1}], t0) == []

@@ -370,7 +370,9 @@ def test_incremental_refresh_reads_only_what_is_new(justrl_run: RunBuilder) -> N
     )
 
 
-def test_entropy_under_its_old_name_and_out_of_band(tmp_path: Path) -> None:
+def test_entropy_under_its_old_name_beside_the_papers_band_which_judges_nothing(tmp_path: Path) -> None:
+    """0.55 is below the paper's 1.0–1.6, but that band was read off a miscomputed figure (thunlp/JustRL#5) and a
+    healthy reproduction sits elsewhere (#3): it is shown, labelled, and colours nothing; clip's line still does."""
     b = RunBuilder(tmp_path, "old-verl", time.time())
     b.tb_points = [
         [
@@ -381,10 +383,47 @@ def test_entropy_under_its_old_name_and_out_of_band(tmp_path: Path) -> None:
     b.write_tensorboard()
     v = load_view(b.dir, now=b.now, use_slurm=False)
     entropy, clip = v.curve("entropy"), v.curve("clip")
-    assert entropy is not None and entropy.tag == "actor/entropy_loss" and entropy.state == "low"
+    assert entropy is not None and entropy.tag == "actor/entropy_loss" and entropy.state == "ok"
     assert clip is not None and clip.state == "high"
     out = text_of(panels.render_curves(v))
-    assert "0.550" in out and "low! 1–1.6" in out and "high! ≤ 0.05" in out
+    assert "0.550" in out and "paper 1–1.6" in out and "low!" not in out and "high! ≤ 0.05" in out
+    tall = text_of(panels.render_curves(v, height=3))
+    assert "paper 1–1.6" in tall and tall.count("out of band") == 1  # clip's, not entropy's
+
+
+def test_evaluations_along_the_run_beside_the_papers_endpoint(tmp_path: Path) -> None:
+    """`--eval-every`: each evaluate job's summary.json (written by the evaluation's own writer) is a point of
+    an "eval average" curve, with the paper's JustRL average as labelled context when the nine benchmarks were
+    evaluated; a run without evaluations has no such row."""
+    from justrl_hpc.jobs.evaluate.results import (
+        PUBLISHED_COLUMNS,
+        BenchmarkScore,
+        Table,
+        published_endpoint,
+        write_outputs,
+    )
+
+    b = RunBuilder(tmp_path, "evaluated", time.time())
+    b.tb_points = [[(s, b.now - 100 + s, {"critic/score/mean": 0.1 * s}) for s in (1, 2, 3)]]
+    b.write_tensorboard()
+    assert load_view(b.dir, now=b.now, use_slurm=False).curve("eval") is None
+    for step, score in ((250, 40.0), (500, 44.5)):
+        scores = [BenchmarkScore(k, k, 4, 10, 40, score, 900.0, 0.0) for k in PUBLISHED_COLUMNS]
+        table = Table(f"step_{step}", step, "m", scores, score, 900.0, False)
+        folder = b.dir / "eval" / f"step_{step}"
+        folder.mkdir(parents=True)
+        write_outputs(table, folder, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    (b.dir / "eval" / "step_750").mkdir()
+    (b.dir / "eval" / "step_750" / "summary.json").write_text('{"step": 75')  # being written
+    v = load_view(b.dir, now=b.now, use_slurm=False)
+    curve = v.curve("eval")
+    assert curve is not None and (curve.steps, curve.values) == ([250, 500], [40.0, 44.5]) and curve.state == "ok"
+    out = text_of(panels.render_curves(v))
+    assert "eval average" in out and "44.5" in out and "paper 54.87" in out
+    subset = Table("step_1", 1, "m", scores[:2], 40.0, 900.0, False)  # two benchmarks' average is another figure
+    assert published_endpoint(subset, "DeepSeek-R1-Distill-Qwen-1.5B") is None
+    assert published_endpoint(table, "OpenMath-Nemotron-1.5B") == {"row": "JustRL-Nemotron-1.5B (step 3440)",
+                                                                  "average": 64.32}
 
 
 def test_partial_and_broken_folders_are_no_data_not_a_crash(tmp_path: Path) -> None:
@@ -496,7 +535,7 @@ def test_render_functions(justrl_run: RunBuilder) -> None:
     assert "chunk 4" in header and "job 4001 (no Slurm) on gpu-n1,gpu-n2" in header
     assert "1h59m left" in header and "ckpt 100, 3h41m ago" in header
     curves = text_of(panels.render_curves(v), width=100)
-    assert "entropy" in curves and "1.375" in curves and "1–1.6" in curves
+    assert "entropy" in curves and "1.375" in curves and "paper 1–1.6" in curves
     assert any(ch in curves for ch in "▁▂▃▄▅▆▇█")
     gpus = text_of(panels.render_gpus(v), width=100)
     assert "gpu-n1" in gpus and "SILENT 10m00s" in gpus and gpus.count("%") >= 16

@@ -29,6 +29,7 @@ class Target:
     scratch: Path
     restart_daemon: Callable[[], int]
     filler: Path  # where disk-full puts its file (on the checkpoints' own filesystem)
+    nvml: Path  # the replayed NVML recordings, one per node (nvml-<node>.jsonl): the run's cluster.nvml_backend
 
 
 def _run(*cmd: str) -> str:
@@ -148,6 +149,78 @@ def daemon_restart(t: Target) -> tuple[str, Undo | None]:
     return f"daemon kill -9, restarted as {pid}", None
 
 
+def _verl_worker(t: Target) -> int | None:
+    """One of verl's FSDP workers of this run, on the worker node where there is one (by the run mark)."""
+    from justrl_hpc.jobs.train import cleanup
+
+    run = cleanup.run_id(t.run_dir)
+    found = []
+    for proc, mark in cleanup.marked():
+        try:
+            if mark.run == run and mark.job_id == t.job_id and proc.cmdline()[0].startswith("ray::WorkerDict"):
+                found.append((mark.node == t.hosts[-1], proc.pid))
+        except (OSError, IndexError):
+            continue
+    return max(found)[1] if found else None
+
+
+def _signal_worker(t: Target, sig: signal.Signals, what: str) -> tuple[str, Undo | None]:
+    pid = _verl_worker(t)
+    if pid is None:
+        return "no verl worker found", None
+    os.kill(pid, sig)
+    return f"{what} of verl worker {pid}", None
+
+
+def trainer_crash(t: Target) -> tuple[str, Undo | None]:
+    return _signal_worker(t, signal.SIGKILL, "kill -9")
+
+
+def hang(t: Target) -> tuple[str, Undo | None]:
+    return _signal_worker(t, signal.SIGSTOP, "SIGSTOP")
+
+
+def plant_row_remap_failure(recording: Path) -> None:
+    """GPU 2 of a replayed recording reports a failed row remap from its first reading on: hard evidence."""
+    import json
+
+    lines = recording.read_text().splitlines()
+    first = json.loads(lines[1])
+    first["gpus"][2]["DCGM_FI_DEV_ROW_REMAP_FAILURE"] = 1
+    tmp = recording.with_suffix(".planted")
+    tmp.write_text("\n".join([lines[0], json.dumps(first), *lines[2:]]) + "\n")
+    os.replace(tmp, recording)
+
+
+def bad_node(t: Target) -> tuple[str, Undo | None]:
+    node = t.hosts[-1]
+    recording = t.nvml / f"nvml-{node}.jsonl"
+    healthy = recording.read_text()
+    plant_row_remap_failure(recording)
+    ended = _run("scancel", "--signal=USR2", t.job_id)
+
+    def repaired() -> None:
+        recording.write_text(healthy)
+
+    return f"{node}: GPU 2 row remap failed (replayed NVML); {ended}", repaired
+
+
+def driver_upgrade(t: Target) -> tuple[str, Undo | None]:
+    import json
+
+    for recording in sorted(t.nvml.glob("nvml-*.jsonl")):
+        lines = recording.read_text().splitlines()
+        header = json.loads(lines[0])
+        header["inventory"].update(driver=UPGRADED_DRIVER[0], cuda=UPGRADED_DRIVER[1])
+        tmp = recording.with_suffix(".upgraded")
+        tmp.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+        os.replace(tmp, recording)
+    return f"every node's driver now {UPGRADED_DRIVER[0]} (CUDA {UPGRADED_DRIVER[1]}) in its replayed NVML", None
+
+
+UPGRADED_DRIVER = ("550.54.15", "12.4")
+
+
 INJECT: dict[str, Callable[[Target], tuple[str, Undo | None]]] = {
     "usr2-preemption": usr2_preemption,
     "paced-limit-signal": usr2_preemption,  # the runner's own pace (run.Soak._pace), not drawn
@@ -160,4 +233,8 @@ INJECT: dict[str, Callable[[Target], tuple[str, Undo | None]]] = {
     "disk-full": disk_full,
     "ctld-restart": ctld_restart,
     "daemon-restart": daemon_restart,
+    "trainer-crash": trainer_crash,
+    "hang": hang,
+    "bad-node": bad_node,
+    "driver-upgrade": driver_upgrade,
 }

@@ -24,6 +24,16 @@ from typing import Any
 from justrl_hpc.dev.soak import schedule as sched
 from justrl_hpc.dev.soak.inject import INJECT, Target, Undo
 
+REPO = Path(__file__).resolve().parents[3]
+# Recorded A800 telemetry (labelled as such in tests/data), one copy per dev node: the node agents and the
+# preflight read it through the replay backend, and the bad-node fault plants its evidence in one copy.
+NVML_RECORDING = REPO / "tests" / "data" / "nvml_a800_8gpu.jsonl"
+# Its inventory (driver 535, CUDA 12.2, the eight GPUs) from the same node's driver-535 recording: what each
+# preflight records as the node's driver, and what the driver-upgrade fault changes.
+NVML_INVENTORY = REPO / "tests" / "data" / "nvml_a800_8gpu_driver535.jsonl"
+HEALTHY_READINGS = 48  # 12 minutes at the recording's 15 s (tests/monitor/test_monitor_gpu_rules.py HEALTHY)
+VIOLATION_COUNTERS = ("DCGM_FI_DEV_POWER_VIOLATION", "DCGM_FI_DEV_THERMAL_VIOLATION")
+HANG_MIN_S = 30  # the rehearsal's steps take seconds: 30 s without one is a hang here (run.hang_min_s)
 STEPS_PER_CHUNK = 5  # the target step is chunks × this: faults make chunks short, so the run needs ≥ C of them
 TMPFS_MB = 64
 DAEMON_INTERVAL_S = 5.0
@@ -115,6 +125,26 @@ def write_rules(path: Path) -> Path:
     return path
 
 
+def write_recordings(folder: Path, nodes: tuple[str, ...] = ("n1", "n2", "n3", "n4")) -> Path:
+    """One replayed NVML recording per dev node (the run's cluster.nvml_backend reads `nvml-{node}.jsonl`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = NVML_RECORDING.read_text().splitlines()
+    header = {**json.loads(lines[0]),
+              "inventory": json.loads(NVML_INVENTORY.read_text().splitlines()[0])["inventory"]}
+    # The soak's nodes are healthy ones: the recording's first 12 minutes (after them a GPU runs hot and another
+    # logs XID 79: cases for the rule tests; a chunk here restarts its agent's replay well within them), with
+    # the violation counters kept at their first values (GPU 6 throttles on power: seed 2 raised G8 from it).
+    readings = [json.loads(line) for line in lines[1:HEALTHY_READINGS + 1]]
+    for reading in readings[1:]:
+        for gpu in reading["gpus"]:
+            for key in VIOLATION_COUNTERS:
+                gpu.pop(key, None)
+    body = [json.dumps(r) for r in readings]
+    for node in nodes:
+        (folder / f"nvml-{node}.jsonl").write_text("\n".join([json.dumps(header), *body]) + "\n")
+    return folder
+
+
 def _ledger(run_dir: Path) -> list[dict[str, Any]]:
     try:
         lines = (run_dir / "ledger.jsonl").read_text().splitlines()
@@ -144,6 +174,22 @@ def _job_gone(job_id: str, timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
+
+def undo_due(kind: str, chunk: int, led: list[dict[str, Any]]) -> bool:
+    """When a fault's damage is repaired. A full disk: once that chunk ended, however it ended (seed 2, 2026-12-07:
+    a requeue whose trainer-exited was never written kept the disk full for the rest of the run), or a later chunk
+    started. A lost node comes back once a later chunk has started (on the nodes left); an armed save-kill that
+    did not fire is disarmed at the chunk's end; a bad node is repaired once the chunks left it out (or two later
+    chunks never met it)."""
+    later = any(e["event"] == "started" and (e.get("chunk") or 0) > chunk for e in led)
+    if kind == "bad-node":
+        return any(e["event"] == "excluded" and (e.get("chunk") or 0) > chunk for e in led) or any(
+            e["event"] == "started" and (e.get("chunk") or 0) > chunk + 2 for e in led)
+    if kind == "node-lost":
+        return later
+    return later or any(e["event"] in ("trainer-exited", "chunk-failed", "requeued", "failed")
+                        and e.get("chunk") == chunk for e in led)
+
 class Soak:
     def __init__(self, seed: int, chunks: int, time_limit: int, root: Path) -> None:
         self.seed, self.chunks, self.time_limit = seed, chunks, time_limit
@@ -155,6 +201,7 @@ class Soak:
         self.undo: list[tuple[str, int, Undo]] = []  # (kind, chunk it hit, undo)
         self.paced: set[int] = set()
         self.fired_chunks: dict[int, float] = {}  # chunk → when its fault fired
+        self.fired_wall: dict[int, float] = {}
         # A stop saves at the next step or two, and a chunk's steps arrive in bursts: seed 2 cut at 3 steps
         # had 5–7 per chunk and 7 chunks for 40 steps.
         self.pace_steps = max(1, STEPS_PER_CHUNK - 3)
@@ -176,7 +223,9 @@ class Soak:
         env = dict(os.environ, JUSTRL_ALERT_WEBHOOK_URL=self.webhook.url, JUSTRL_SOAK="1",
                    VERL_USE_EXTERNAL_MODULES="justrl_hpc.dev.soak.save_fault", SLURM_CONF=str(self.status.conf))
         target = self.chunks * STEPS_PER_CHUNK
-        sets = [f"recipe.model_path={(data / 'model').resolve()}",
+        self.nvml = write_recordings(self.root / "nvml")
+        sets = [f"cluster.nvml_backend=replay:{self.nvml}/nvml-{{node}}.jsonl", f"run.hang_min_s={HANG_MIN_S}",
+                f"recipe.model_path={(data / 'model').resolve()}",
                 f"recipe.train_files=[{(data / 'train.parquet').resolve()}]",
                 f"recipe.val_files=[{(data / 'val.parquet').resolve()}]",
                 f"recipe.total_training_steps={target}", "cluster.min_free_disk_gb=0"]
@@ -196,11 +245,13 @@ class Soak:
 
     def _target(self, started: dict[str, Any], trainer_pid: int | None) -> Target:
         return Target(self.run_dir, str(started["job_id"]), str(started.get("hosts", "")).split(","), trainer_pid,
-                      self.status.scratch, self.daemon.restart, self.run_dir / "checkpoints" / ".soak-filler")
+                      self.status.scratch, self.daemon.restart, self.run_dir / "checkpoints" / ".soak-filler",
+                      self.nvml)
 
     def _fire(self, fault: sched.Fault, started: dict[str, Any], trainer_pid: int | None) -> None:
         what, undo = INJECT[fault.kind](self._target(started, trainer_pid))
         self.fired_chunks.setdefault(fault.chunk, time.monotonic())
+        self.fired_wall.setdefault(fault.chunk, time.time())
         record = {"time": time.time(), "chunk": fault.chunk, "job_id": str(started["job_id"]), "kind": fault.kind,
                   "moment": fault.moment, "what": what}
         self.injected.append(record)
@@ -211,13 +262,9 @@ class Soak:
             self.undo.append((fault.kind, fault.chunk, undo))
 
     def _undo_due(self, led: list[dict[str, Any]]) -> None:
-        """A full disk is freed once that chunk's trainer has exited; a lost node comes back once a later
-        chunk has started (on the nodes left); an armed save-kill that did not fire is disarmed at the chunk's end."""
         keep = []
         for kind, chunk, undo in self.undo:
-            exited = any(e["event"] in ("trainer-exited", "chunk-failed") and e.get("chunk") == chunk for e in led)
-            later = any(e["event"] == "started" and (e.get("chunk") or 0) > chunk for e in led)
-            if (kind == "node-lost" and later) or (kind != "node-lost" and exited):
+            if undo_due(kind, chunk, led):
                 undo()
                 say(f"chunk {chunk}: {kind} undone")
             else:
@@ -233,14 +280,50 @@ class Soak:
         if c in self.paced:
             return
         fault = self.by_chunk.get(c)
-        if fault is not None and (c not in self.fired_chunks or time.monotonic() - self.fired_chunks[c] < 20):
-            return  # its fault first, and 20 s for the fault to show in the ledger before the pace may follow
+        if fault is not None and (c not in self.fired_chunks
+                                  or time.monotonic() - self.fired_chunks[c] < sched.pace_wait_s(fault.kind)):
+            return  # its fault first, and time for the fault to show in the ledger before the pace may follow
         mine = [e for e in led if e.get("chunk") == c and e.get("job_id") == cur["job_id"]]
-        if any(e["event"] in ("stop-requested", "trainer-exited", "finished", "failed") for e in mine):
+        if any(e["event"] in ("stop-requested", "finished", "failed") for e in mine):
             return
-        if sum(1 for e in mine if e["event"] == "step") >= self.pace_steps:
+        # Steps of the chunk's newest trainer: after an in-job restart the chunk is paced again from there, and
+        # a fault that restarts in the job (a crash, a hang) is left to do so before the pace may cut the chunk.
+        from justrl_hpc.core.ledger import parse_time
+
+        starts = [i for i, e in enumerate(mine) if e["event"] == "trainer-started"]
+        newest = starts[-1] if starts else 0
+        if fault is not None and fault.kind in sched.IN_JOB and (
+                not starts or parse_time(mine[newest]["time"]) < self.fired_wall.get(c, 0.0)):
+            return
+        if any(e["event"] == "trainer-exited" for e in mine[newest:]):
+            return
+        if sum(1 for e in mine[newest:] if e["event"] == "step") >= self.pace_steps:
             self.paced.add(c)
             self._fire(sched.Fault(c, "paced-limit-signal", "train", 0.0), cur, None)
+
+    def _carry_over(self, current: int, done: set[int]) -> None:
+        """A fault whose chunk went by between two looks (the chunk that leaves a bad node out ends within a
+        second) moves to the current chunk, or the next one that has no fault of its own: every kind still fires."""
+        for chunk, fault in sorted(self.by_chunk.items()):
+            if chunk >= current or chunk in done or chunk in self.fired_chunks:
+                continue
+            done.add(chunk)
+            target = sched.next_free(self.by_chunk, current - 1, self.chunks)
+            if target is None:
+                say(f"chunk {chunk}: ended before its {fault.kind} fired (skipped)")
+                continue
+            self.by_chunk[target] = sched.Fault(target, fault.kind, fault.moment, fault.delay_s)
+            say(f"chunk {chunk}: ended before its {fault.kind} fired; moved to chunk {target}")
+
+    def _move_on(self, chunk: int, fault: sched.Fault) -> None:
+        """A chunk that ended before its fault fired (seed 3: the chunk that left the bad node out) hands the
+        fault to the next chunk that has none of its own."""
+        nxt = sched.next_free(self.by_chunk, chunk, self.chunks)
+        if nxt is None:
+            say(f"chunk {chunk}: ended before its {fault.kind} fired (skipped)")
+            return
+        self.by_chunk[nxt] = sched.Fault(nxt, fault.kind, fault.moment, fault.delay_s)
+        say(f"chunk {chunk}: ended before its {fault.kind} fired; moved to chunk {nxt}")
 
     def watch(self, env: dict[str, str], deadline_s: float) -> None:
         log = self.root / "launch.log"
@@ -259,6 +342,7 @@ class Soak:
             if starts:
                 cur = starts[-1]
                 c = cur.get("chunk")
+                self._carry_over(c, done)
                 fault = self.by_chunk.get(c)
                 if fault is not None and c not in done:
                     mine = [e for e in led if e.get("chunk") == c and e.get("job_id") == cur["job_id"]]
@@ -268,7 +352,7 @@ class Soak:
                     stepped = steps > 0
                     if ended:
                         done.add(c)
-                        say(f"chunk {c}: ended before its {fault.kind} fired (skipped)")
+                        self._move_on(c, fault)
                     elif c not in armed and (fault.moment == "start" or stepped):
                         armed[c] = time.monotonic() + fault.delay_s
                     elif c in armed and (time.monotonic() >= armed[c] or steps >= self.pace_steps):
@@ -304,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/soak.sh", description="the chaos soak on the dev cluster")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunks", type=int, default=16, help="at least this many chunks (default 16)")
-    p.add_argument("--time-limit", type=int, default=2, metavar="MINUTES", help="wall clock per chunk")
+    # Chunks are cut by the pace (their share of steps), not by this; it leaves a crashed or hung trainer
+    # time for a restart in the job (a start-up and a step before the limit's signal).
+    p.add_argument("--time-limit", type=int, default=6, metavar="MINUTES", help="wall clock per chunk")
     p.add_argument("--out", default=None, help="where the soak's run and records go (default soak/seed-S-<time>)")
     p.add_argument("--data", default="data/rehearsal")
     args = p.parse_args(argv)

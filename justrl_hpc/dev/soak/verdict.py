@@ -24,19 +24,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from justrl_hpc.dev.soak.schedule import LOSSY, Fault
+from justrl_hpc.dev.soak.schedule import IN_JOB, LOSSY, Fault
 from justrl_hpc.jobs.train.logged_steps import EVENTS_GLOB
 
-PLANNED = ("stopped",)  # trainer-exited reasons of a stop that saved the newest step first
+PLANNED = ("stopped",)  # trainer-exited reasons of a stop that saved and logged its step (stopped-unlogged is not)
 # Alerts a fault explains (rule → the fault kinds that may raise it); anything else is unexpected.
 EXPLAINED: dict[str, tuple[str, ...]] = {
     "S7-steps-retrained": LOSSY,
     # The rule counts starts after any stop but the limit's and save-now's: a USR2 preemption (and the soak's
     # own paced signal, which is one to the driver) counts like a crash.
-    "S4-restart-storm": (*LOSSY, "usr2-preemption", "paced-limit-signal"),
-    "S4-no-progress": LOSSY,
+    "S4-restart-storm": (*LOSSY, "usr2-preemption", "paced-limit-signal", "bad-node"),
+    "S4-no-progress": (*LOSSY, "bad-node"),  # the chunk whose preflight left the node out trained nothing
     "S5-agent-silent": ("node-lost", "kill9-trainer", "kill9-in-save", "disk-full"),
     "S7-resume-behind": (),
+    "S7-step-repeated": IN_JOB,  # a step logged again by the trainer restarted in the same chunk
+    "S1-hang-stacks": ("hang",),
+    "E2-node-excluded": ("bad-node",),
+    "G4-row-remap": ("bad-node",),  # the planted evidence, replayed by that node's agent
+    "E1-env-drift": ("driver-upgrade",),
 }
 DAEMON_KILL_SLACK_S = 15.0
 
@@ -71,18 +76,55 @@ def _one_line(a: dict[str, Any]) -> str:
 
 
 def _recovery(led: list[dict[str, Any]], fired: list[dict[str, Any]]) -> dict[str, float]:
-    """Per fault kind that ends its chunk, the longest time from the fault to the next step of a later chunk."""
+    """Per fault kind that ends a trainer, the longest time from the fault to the first step of the next trainer
+    started after it (restarted in the job or in a later chunk)."""
     from justrl_hpc.core.ledger import parse_time
 
     out: dict[str, float] = {}
     for f in fired:
         if f["kind"] in ("daemon-restart", "ctld-restart"):
             continue
-        nxt = [parse_time(e["time"]) for e in led if e["event"] == "step" and (e.get("chunk") or 0) > f["chunk"]
-               and parse_time(e["time"]) > f["time"]]
+        start = next((parse_time(e["time"]) for e in led if e["event"] == "trainer-started"
+                      and parse_time(e["time"]) > f["time"]), None)
+        nxt = [parse_time(e["time"]) for e in led if e["event"] == "step" and start is not None
+               and parse_time(e["time"]) > start]
         if nxt:
             out[f["kind"]] = round(max(out.get(f["kind"], 0.0), min(nxt) - f["time"]), 1)
     return dict(sorted(out.items()))
+
+
+def _exclusions(led: list[dict[str, Any]]) -> tuple[int, int]:
+    """Nodes the chunks left out over the run, and the most out at one time (readmissions and expiries let
+    them back in)."""
+    from justrl_hpc.core.exclusions import active
+    from justrl_hpc.core.ledger import parse_time
+
+    ever: set[str] = set()
+    most = 0
+    for i, e in enumerate(led):
+        if e["event"] in ("excluded", "readmitted"):
+            if e["event"] == "excluded":
+                ever.update(n for n in str(e.get("nodes") or "").split(",") if n)
+            most = max(most, len(active(led[: i + 1], parse_time(e["time"]))))
+    return len(ever), most
+
+
+def _hang_stacks(run_dir: Path, led: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Stack folders the hangs left that hold stacks from every node of their chunk, and what is wrong with the rest."""
+    good, notes = 0, []
+    for e in led:
+        if e["event"] != "hang":
+            continue
+        folder = run_dir / str(e.get("stacks"))
+        files = list(folder.glob("*.txt")) if folder.is_dir() else []
+        nodes = len(list(folder.glob("index-*.json"))) if folder.is_dir() else 0
+        verl = any("ray_trainer.py" in p.read_text(errors="replace") for p in files)
+        if files and nodes >= 2 and verl:
+            good += 1
+        else:
+            notes.append(f"hang at step {e.get('step')}: {folder} has {len(files)} stack files from {nodes} "
+                         f"nodes{'' if verl else ', none showing verl’s ray_trainer.py'}")
+    return good, notes
 
 
 def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_wanted: int) -> dict[str, Any]:
@@ -172,6 +214,9 @@ def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_
         notes.append(f"training-curve alert on the toy task (reported, not a fault's): {line}")
     for line in shared_host:
         notes.append(f"host RAM trend over the dev cluster's one shared host (reported, not a leak): {line}")
+    excluded, most_excluded = _exclusions(led)
+    hang_stacks, hang_notes = _hang_stacks(run_dir, led)
+    notes += hang_notes
     steps_lost_unexpected = lost_unexpected + len(missing) + abs(report_lost - retrained) + len(unverified)
     result = {
         "finished": finished,
@@ -189,10 +234,17 @@ def judge(run_dir: Path, root: Path, target: int, schedule: list[Fault], chunks_
         "alerts_shared_host": len(shared_host),
         "goodput": report.get("goodput"),
         "recovery_s": _recovery(led, fired),
+        "in_job_restarts": sum(1 for e in led if e["event"] == "restarted-in-job"),
+        "nodes_excluded": excluded,
+        "max_nodes_excluded_at_once": most_excluded,
+        "hang_stacks": hang_stacks,
     }
     if chunks < chunks_wanted:
         notes.append(f"{chunks} chunks, fewer than the {chunks_wanted} asked for")
+    if most_excluded > 1:
+        notes.append(f"{most_excluded} nodes out at once; a 2-node job may leave out one")
     result["passed"] = bool(finished and chunks >= chunks_wanted and not (
-        steps_lost_unexpected or duplicated or result["alerts_missing"] or result["alerts_unexpected"]))
+        steps_lost_unexpected or duplicated or result["alerts_missing"] or result["alerts_unexpected"]
+        or hang_notes or most_excluded > 1))
     result["notes"] = notes
     return result

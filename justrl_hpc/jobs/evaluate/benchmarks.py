@@ -125,24 +125,29 @@ def _row_id(row: dict[str, Any], index: int) -> str:
 
 def load(data_dir: Path, bench: Benchmark, limit: int | None = None) -> list[Problem]:
     """The problems of one benchmark (the first `limit` of them if given). Bad files are UserErrors."""
-    from justrl_hpc.core.data_files import read_table
-
     path = find_file(data_dir, bench)
     if path is None:
         names = ", ".join(f"{bench.key}{s}" for s in SUFFIXES)
         raise UserError(f"no file for {bench.key} in {data_dir} (looked for {names})", "--data")
-    rows = read_table(path, "--data")
+    return load_file(path, bench, limit)
+
+
+def load_file(path: Path, bench: Benchmark, limit: int | None = None, field: str = "--data") -> list[Problem]:
+    """The problems of one benchmark's file, wherever it lies (prepare-data --eval-from reads the authors')."""
+    from justrl_hpc.core.data_files import read_table
+
+    rows = read_table(path, field)
     problems: list[Problem] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise UserError(f"{path} row {i} is not a record", "--data")
+            raise UserError(f"{path} row {i} is not a record", field)
         question, answer = _question(row), _answer(row)
         if question is None or answer is None:
             raise UserError(
                 f"{path} row {i} needs a question (problem/question/prompt) and an answer "
                 "(answer/final_answer/reward_model.ground_truth/solution with \\boxed{})",
-                "--data",
+                field,
             )
         pid = _row_id(row, i)
         if pid in seen:  # ids key the results: a duplicate would merge two problems' samples
@@ -150,7 +155,7 @@ def load(data_dir: Path, bench: Benchmark, limit: int | None = None) -> list[Pro
         seen.add(pid)
         problems.append(Problem(bench.key, pid, question, answer))
     if not problems:
-        raise UserError(f"{path} holds no problems", "--data")
+        raise UserError(f"{path} holds no problems", field)
     return problems[:limit] if limit else problems
 
 

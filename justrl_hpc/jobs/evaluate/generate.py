@@ -87,13 +87,16 @@ class TransformersGenerator:
             torch.manual_seed(seed)
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
             with torch.no_grad():
+                # temperature 0 is greedy (the judge's decoding), as vLLM reads it
+                sampling = (
+                    {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+                    if params.temperature > 0
+                    else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                )
                 seq = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
-                    do_sample=True,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=0,
+                    **sampling,
                     max_new_tokens=budget,
                     eos_token_id=eos,
                     pad_token_id=pad if pad is not None else eos,

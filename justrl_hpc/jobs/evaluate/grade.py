@@ -7,9 +7,8 @@ for nothing here) and on the boxed answer only: the prompt asks for `\\boxed{}`,
 any trailing number of an unboxed response would count lucky digits as answers. Math-Verify's timeouts use SIGALRM, which only the main
 thread may set: elsewhere it runs without one.
 
-The authors then ask a judge model (CompassVerifier-3B) about what the rules reject. That pass is an
-extension, off by default: `grade(..., judge=fn)` calls `fn(question, response, answer)` only for rejected
-responses, so the judge always sees the question.
+The authors then ask a judge model (CompassVerifier-3B) about what the rules reject: `judge.py`, a pass of its
+own after generation, over the rejected responses this grade recorded.
 """
 
 from __future__ import annotations
@@ -18,17 +17,14 @@ import functools
 import importlib.util
 import threading
 import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-Judge = Callable[[str, str, str], bool]
 
 
 @dataclass(frozen=True)
 class Grade:
     correct: bool
-    rule: str  # which rule accepted: "verl-math", "math-verify", "judge"; "" when rejected
+    rule: str  # which rule accepted: "verl-math", "math-verify" ("judge" after the judge pass); "" when rejected
     pred: str | None  # the last \boxed{} content, if any
 
 
@@ -80,12 +76,10 @@ def math_verify_equal(pred: str | None, answer: str) -> bool:
         return False
 
 
-def grade(response: str, answer: str, question: str = "", judge: Judge | None = None) -> Grade:
+def grade(response: str, answer: str) -> Grade:
     pred = last_boxed(response)
     if verl_math_equal(pred, answer):
         return Grade(True, "verl-math", pred)
     if math_verify_equal(pred, answer):
         return Grade(True, "math-verify", pred)
-    if judge is not None and judge(question, response, answer):
-        return Grade(True, "judge", pred)
     return Grade(False, "", pred)

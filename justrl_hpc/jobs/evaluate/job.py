@@ -31,9 +31,11 @@ from justrl_hpc.core.errors import UserError, cli_entry
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.run_folder import atomic_write
 from justrl_hpc.jobs.evaluate import benchmarks as bm
+from justrl_hpc.jobs.evaluate import judge as judging
 from justrl_hpc.jobs.evaluate.generate import Generator, SamplingParams, make_generator
 from justrl_hpc.jobs.evaluate.model_source import ModelSource, loadable, resolve
 from justrl_hpc.jobs.evaluate.results import (
+    RULES,
     SampleLog,
     SampleResult,
     Table,
@@ -58,9 +60,18 @@ class EvalSettings:
     samples_scale: float = field(default=1.0, metadata={"min": 0})
     samples: dict[str, int] = field(default_factory=dict)
     limit: int = field(default=0, metadata={"min": 0})
+    partial_sets: bool = False  # allow sets whose row count is not the protocol's (a smoke test, another copy)
     batch_size: int = field(default=2048, metadata={"min": 1})
     backend: str = field(default="auto", metadata={"choices": BACKENDS})
     keep_text: bool = False
+    # The authors' grading: the judge asked about what the rules reject ("none": rules alone); its prompt
+    # from judge_prompt (default <data>/judge_prompt.txt, written by prepare-data --eval-from)
+    judge: str = "opencompass/CompassVerifier-3B"
+    judge_prompt: str = ""
+    judge_question: bool = False  # pass the real question (the authors' script passed an empty one)
+    # The plan's estimate (--dry-run; jobs/evaluate/plan.py): assumptions until measured on the reader's GPUs
+    expected_mean_tokens: int = field(default=8000, metadata={"min": 1})
+    decode_tokens_per_gpu_s: float = field(default=5000.0, metadata={"min": 1})
     nodes: int = field(default=1, metadata={"min": 1})
     time_limit_min: int = field(default=0, metadata={"min": 0})
 
@@ -83,21 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m justrl_hpc.launch --job evaluate",
         description="Evaluate a checkpoint on the nine JustRL benchmarks (avg@N), beside the published table.",
     )
-    p.add_argument("--run", required=True, help="run folder (name under runs/ or a path)")
+    p.add_argument("--run", help="run folder (name under runs/ or a path); not needed with --model")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest); with --model: its label")
-    p.add_argument("--model", help="a Hugging Face model folder to evaluate instead of a checkpoint")
+    p.add_argument("--model", help="a Hugging Face model folder (or a hub id in the HF cache) instead of a "
+                   "checkpoint; without --run its results go to runs/models/<name>/")
+    p.add_argument("--base-model", help="the published base model whose rows it sits beside (default: the "
+                   "run's, or the one the model's name says)")
+    p.add_argument("--cluster", help="with --model and no --run: the cluster to submit to (configs/clusters)")
     p.add_argument("--local", action="store_true", help="run here, in-process, instead of submitting")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the plan (samples, tokens, minutes); run nothing")
     p.add_argument("--nodes", type=int, help="nodes for the submitted job (evaluation uses one)")
     p.add_argument("--data", help="folder with the benchmark files (default from jobs/evaluate.yaml)")
     p.add_argument("--benchmarks", help="comma-separated subset, e.g. aime24,math500 (default: all nine)")
     p.add_argument("--samples-scale", type=float, help="multiply each benchmark's N (min 1 sample)")
     p.add_argument("--samples", action="append", default=[], metavar="BENCH=N", help="N for one benchmark")
     p.add_argument("--limit", type=int, help="first K problems of each benchmark")
+    p.add_argument("--partial-sets", action="store_true",
+                   help="allow sets whose row count is not the protocol's (not comparable with the paper)")
     p.add_argument("--max-new-tokens", type=int, help="response token limit (protocol: 31744)")
     p.add_argument("--batch-size", type=int, help="samples per generator call (results saved after each)")
     p.add_argument("--backend", help=f"one of {', '.join(BACKENDS)}")
     p.add_argument("--seed", type=int, help="base seed (each sample's seed derives from it and its key)")
     p.add_argument("--keep-text", action="store_true", help="store full responses in samples.jsonl")
+    p.add_argument("--judge", help="judge model for what the rules reject: a hub id in the HF cache, a folder, "
+                   "or none (default opencompass/CompassVerifier-3B, as the authors)")
+    p.add_argument("--judge-prompt", metavar="FILE",
+                   help="the judge's prompt: a text file, or a Python file with CV_PROMPT (default "
+                   "<data>/judge_prompt.txt, from prepare-data --eval-from)")
+    p.add_argument("--judge-question", action="store_true",
+                   help="give the judge the real question (the authors' script gave an empty one)")
     p.add_argument("--time-limit", type=int, metavar="MINUTES", help="wall clock of the submitted job")
     return p
 
@@ -114,11 +140,17 @@ def settings_from_args(args: argparse.Namespace, base: EvalSettings) -> EvalSett
         ("seed", "seed"),
         ("nodes", "nodes"),
         ("time_limit", "time_limit_min"),
+        ("judge", "judge"),
+        ("judge_prompt", "judge_prompt"),
     ):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
     if args.keep_text:
         data["keep_text"] = True
+    if args.partial_sets:
+        data["partial_sets"] = True
+    if args.judge_question:
+        data["judge_question"] = True
     if args.benchmarks is not None:
         data["benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     for item in args.samples:
@@ -201,7 +233,18 @@ def load_problems(settings: EvalSettings) -> dict[str, list[bm.Problem]]:
     data_dir = Path(settings.data)
     if not data_dir.is_dir():
         raise UserError(f"no such folder {settings.data}", "--data")
-    return {b.key: bm.load(data_dir, b, settings.limit or None) for b in bm.select(settings.benchmarks)}
+    out = {}
+    for b in bm.select(settings.benchmarks):
+        problems = bm.load(data_dir, b)
+        if len(problems) != b.size and not settings.partial_sets:
+            raise UserError(
+                f"{bm.find_file(data_dir, b)} holds {len(problems)} problems; the protocol's {b.label} has "
+                f"{b.size}: prepare the authors' sets (justrl-hpc prepare-data --eval-from PATH), or give "
+                "--partial-sets to evaluate other sets (results.md then says they are not the published ones)",
+                "--data",
+            )
+        out[b.key] = problems[: settings.limit] if settings.limit else problems
+    return out
 
 
 @contextmanager
@@ -221,14 +264,69 @@ def log(msg: str) -> None:
     print(f"{stamp}Z {msg}", flush=True)
 
 
+def _generate_and_grade(gen: Generator, todo: list[Request], settings: EvalSettings, samples: SampleLog,
+                        grader: Callable[[str, str], Any], keep_rejected: bool,
+                        logged: Callable[[int, int], None]) -> None:
+    """Batch k+1 generates (in a thread that only waits on the engines) while batch k is graded here, in the
+    main thread (Math-Verify's timeouts need it): the GPUs do not idle while the CPU grades. A kill loses at most
+    the batch in flight; what was appended stays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [todo[lo : lo + settings.batch_size] for lo in range(0, len(todo), settings.batch_size)]
+
+    def run(batch: list[Request]) -> list[Any]:
+        return gen.generate([r.problem.prompt() for r in batch], settings.sampling(), [r.seed for r in batch])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate") as pool:
+        pending = pool.submit(run, batches[0]) if batches else None
+        lo = 0
+        for i, batch in enumerate(batches):
+            assert pending is not None
+            outs = pending.result()
+            pending = pool.submit(run, batches[i + 1]) if i + 1 < len(batches) else None
+            results = []
+            for r, g in zip(batch, outs, strict=True):
+                verdict = grader(g.text, r.problem.answer)
+                results.append(SampleResult(
+                    benchmark=r.benchmark, problem=r.problem.id, sample=r.sample, seed=r.seed,
+                    correct=verdict.correct, rule=verdict.rule, pred=verdict.pred, answer=r.problem.answer,
+                    tokens=g.tokens, truncated=g.truncated, tail=g.text[-300:],
+                    # the judge reads the whole of what the rules rejected
+                    text=g.text if settings.keep_text or (keep_rejected and not verdict.correct) else None,
+                ))
+            samples.append(results)
+            logged(lo, len(batch))
+            lo += len(batch)
+
+
+def judge_for(settings: EvalSettings, folder: str | None = None) -> judging.JudgeSpec | None:
+    return judging.resolve(settings.judge, settings.judge_prompt, settings.data, settings.judge_question, folder)
+
+
+def generator_record(gen: Generator) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {"backend": gen.name, "version": version(gen.name)}
+    except PackageNotFoundError:
+        return {"backend": gen.name, "version": None}
+
+
+GENERATOR_FILE = "generator.json"
+
+
 def evaluate(
     settings: EvalSettings,
     source: ModelSource,
     problems: dict[str, list[bm.Problem]] | None = None,
     generator_factory: Callable[[str, str], Generator] = make_generator,
+    judge: judging.JudgeSpec | None = None,
+    grader: Callable[[str, str], Any] | None = None,
 ) -> Table:
-    """Generate the samples not yet in samples.jsonl, grade them, append them; then the table and outputs."""
-    from justrl_hpc.jobs.evaluate.grade import grade
+    """Generate the samples not yet in samples.jsonl, grade them by the rules, append them; then ask the judge
+    (when there is one) about what the rules rejected; then the table and outputs."""
+    if grader is None:
+        from justrl_hpc.jobs.evaluate.grade import grade as grader
 
     problems = problems if problems is not None else load_problems(settings)
     requests = plan_requests(settings, problems)
@@ -239,49 +337,44 @@ def evaluate(
         atomic_write(folder / SETTINGS_FILE, json.dumps({k: getattr(settings, k) for k in SAMPLING_FIELDS}))
         samples = SampleLog(folder)
         done = samples.read()
+        judge_log = judging.JudgeLog(folder)
+        if judge is not None and (blind := judging.unaskable(done, judge_log.read())):
+            raise UserError(
+                f"{folder} holds {len(blind)} rejected samples graded without the judge (their full responses "
+                "were not kept): give --judge none to finish it by the rules, or move that folder away",
+                "--judge",
+            )
         todo = [r for r in requests if (r.benchmark, r.problem.id, r.sample) not in done]
         log(
             f"{tag}: started model={source.description} samples={len(requests)} done={len(requests) - len(todo)}"
+            f" judge={judge.model if judge else 'none'}"
         )
         if todo:
             with loadable(source) as model_path:
                 gen = generator_factory(settings.backend, str(model_path))
+                atomic_write(folder / GENERATOR_FILE, json.dumps(generator_record(gen)))
                 try:
-                    for lo in range(0, len(todo), settings.batch_size):
-                        batch = todo[lo : lo + settings.batch_size]
-                        outs = gen.generate(
-                            [r.problem.prompt() for r in batch], settings.sampling(), [r.seed for r in batch]
-                        )
-                        results = []
-                        for r, g in zip(batch, outs, strict=True):
-                            verdict = grade(g.text, r.problem.answer, r.problem.question)
-                            results.append(
-                                SampleResult(
-                                    benchmark=r.benchmark,
-                                    problem=r.problem.id,
-                                    sample=r.sample,
-                                    seed=r.seed,
-                                    correct=verdict.correct,
-                                    rule=verdict.rule,
-                                    pred=verdict.pred,
-                                    answer=r.problem.answer,
-                                    tokens=g.tokens,
-                                    truncated=g.truncated,
-                                    tail=g.text[-300:],
-                                    text=g.text if settings.keep_text else None,
-                                )
-                            )
-                        samples.append(results)
-                        log(
-                            f"{tag}: batch generator={gen.name} samples={len(batch)} done={len(requests) - len(todo) + lo + len(batch)}/{len(requests)}"
-                        )
+                    _generate_and_grade(gen, todo, settings, samples, grader, judge is not None,
+                                        lambda lo, n: log(f"{tag}: batch generator={gen.name} samples={n} "
+                                                          f"done={len(requests) - len(todo) + lo + n}/{len(requests)}"))
                 finally:
                     gen.close()
+        finished = samples.read()
+        if judge is not None:
+            questions = {(b, p.id): p.question for b, ps in problems.items() for p in ps}
+            judging.run(judge, finished, questions, folder, generator_factory, settings.backend,
+                        settings.batch_size, lambda m: log(f"{tag}: {m}"))
         plan = {
             b.key: ([p.id for p in problems[b.key]], settings.n_for(b))
             for b in bm.select(settings.benchmarks)
         }
-        table = score(samples.read(), plan, source.label, source.step, source.base_model)
+        planned = {k: r for k, r in finished.items() if k[0] in plan and k[1] in set(plan[k[0]][0])
+                   and k[2] < plan[k[0]][1]}
+        judged = judge_log.read() if judge is not None else {}
+        table = score(judging.apply(planned, judged), plan, source.label, source.step, source.evaluated)
+        table.grading = {"rules": list(RULES), "judge": judge.record(*judging.counts(planned, judged)) if judge else None}
+        gen_file = folder / GENERATOR_FILE
+        table.generator = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
         write_outputs(table, folder, source.base_model)
         tb = write_tensorboard(table, source.run_dir)
         log(
@@ -297,17 +390,46 @@ def evaluate(
 class EvaluateJob(submitit.helpers.Checkpointable):
     """What submitit runs on the node; requeued on timeout/preemption, resumed from samples.jsonl."""
 
-    def __init__(self, settings: dict[str, Any], run: str, step: int | None, model: str | None) -> None:
+    def __init__(self, settings: dict[str, Any], run: str | None, step: int | None, model: str | None,
+                 judge_folder: str | None = None, base_model: str | None = None) -> None:
         self.settings, self.run, self.step, self.model = settings, run, step, model
+        self.judge_folder, self.base_model = judge_folder, base_model
 
     def __call__(self) -> dict[str, Any]:
         settings = settings_mod.build(EvalSettings, self.settings, "evaluate")
-        return evaluate(settings, resolve(self.run, self.step, self.model)).to_json()
+        judge = judge_for(settings, self.judge_folder)
+        source = resolve(self.run, self.step, self.model, self.base_model)
+        try:
+            table = evaluate(settings, source, judge=judge)
+        except Exception as exc:
+            self._along(source, ok=False, why=f"{type(exc).__name__}: {exc}")
+            raise
+        self._along(source, ok=True, average=round(table.average, 4))
+        return table.to_json()
+
+    def _along(self, source: ModelSource, ok: bool, **fields: Any) -> None:
+        """A run evaluated along its training (core/eval_along.py): say this job ended, and submit the next one
+        due (the backlog drains one job at a time, after the run's last chunk too)."""
+        from justrl_hpc.core import eval_along, slurm
+        from justrl_hpc.core import run_folder as rundir
+        from justrl_hpc.core.ledger import Ledger
+
+        if self.run is None or source.step is None:
+            return
+        resolved = rundir.load(source.run_dir)
+        if not resolved.run.eval_every:
+            return
+        # job_id stays None: a ledger event's job_id is the run's chunk job (`launch --wait`, the dashboard and
+        # the monitor follow the newest one), and this job is not one of the chain's.
+        job = slurm.current_job_id()
+        Ledger(source.run_dir).append(eval_along.FINISHED, job_id=None, chunk=None, step=source.step, eval_job=job,
+                                      ok=ok, **fields)
+        eval_along.submit_due(source.run_dir, None, None, resolved, log)
 
 
 def slurm_parameters(resolved: cfg.Resolved, source: ModelSource, settings: EvalSettings) -> dict[str, Any]:
     """The cluster's resources (core/slurm_resources.py, as a training chunk gets them) on one node."""
-    from justrl_hpc.core.slurm_resources import SRUN_CPUS_LINE, slurm_resources
+    from justrl_hpc.core.slurm_resources import JOB_SETUP_LINES, slurm_resources
 
     params = slurm_resources(resolved.cluster, 1, resolved.time_limit_min)
     params["job_name"] = f"justrl-eval-{source.run_dir.name}-{source.label}"
@@ -315,55 +437,104 @@ def slurm_parameters(resolved: cfg.Resolved, source: ModelSource, settings: Eval
     # The checkout's code, not the run's snapshot: a run trained before this job existed has no evaluate/.
     env = {**resolved.cluster.env, "PYTHONPATH": str(cfg.PACKAGE_ROOT.parent)}
     params["setup"] = [
-        SRUN_CPUS_LINE,
+        *JOB_SETUP_LINES,
         *resolved.cluster.setup,
         *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
     ]
-    params.pop("exclusive", None)
+    # As exclusive as a training chunk on the same cluster: the job runs one engine on each of the node's GPUs, and
+    # a cluster's --mem=0 (all of the node's memory) is only coherent with --exclusive beside it.
     return params
 
 
-def submit(settings: EvalSettings, source: ModelSource, model: str | None) -> str:
+def cluster_of(run: str | None, source: ModelSource, cluster: str | None) -> cfg.Resolved:
+    """The run's cluster, or for a model without a run the one --cluster names."""
+    from justrl_hpc.core import config_files
     from justrl_hpc.core import run_folder as rundir
 
-    resolved = rundir.load(source.run_dir)
+    if run is not None:
+        return rundir.load(source.run_dir)
+    if not cluster:
+        raise UserError("a model without a run folder needs the cluster to submit to (--cluster NAME, one of "
+                        f"{', '.join(config_files.available('clusters'))}), or --local", "--cluster")
+    # Only the cluster's part is used; a recipe is needed to resolve one (the published run's).
+    return config_files.resolve("justrl-deepseek-1.5b", cluster, [], "eval-model")
+
+
+def submit(settings: EvalSettings, source: ModelSource, model: str | None,
+           judge: judging.JudgeSpec | None = None, resolved: cfg.Resolved | None = None,
+           run: str | None = None, base_model: str | None = None) -> str:
+    from justrl_hpc.core import run_folder as rundir
+
+    resolved = resolved if resolved is not None else rundir.load(source.run_dir)
     params = slurm_parameters(resolved, source, settings)
     log_root = RunPaths(source.run_dir).logs / "submitit-eval"
     existed = log_root.exists()
+    home_existed = source.run_dir.exists()  # a --model's home under runs/models/ is made by the submission
     executor = submitit.SlurmExecutor(
         folder=log_root / "%j",
         max_num_timeout=resolved.run.max_requeues,
         python=shlex.quote(sys.executable),
     )
     executor.update_parameters(**params)
-    job = EvaluateJob(asdict(settings), str(source.run_dir), source.step, model)
+    job = EvaluateJob(asdict(settings), run, source.step, model, str(judge.path) if judge else None,
+                      base_model)
     try:
         submitted = executor.submit(job)
     except Exception as exc:
         if not existed:  # a refused submission leaves nothing behind
             shutil.rmtree(log_root, ignore_errors=True)
+        if not home_existed:
+            shutil.rmtree(source.run_dir, ignore_errors=True)
         first = str(exc).strip().splitlines()
         raise UserError(f"sbatch refused the job: {first[-1] if first else exc}", "cluster") from None
     return str(submitted.job_id)
+
+
+def print_plan(settings: EvalSettings, source: ModelSource, resolved: cfg.Resolved | None,
+               judge: judging.JudgeSpec | None) -> None:
+    from justrl_hpc.jobs.evaluate import plan
+    from justrl_hpc.jobs.evaluate.generate import cuda_gpus
+
+    problems = load_problems(settings)
+    folder = RunPaths(source.run_dir).eval / source.label
+    done = SampleLog(folder).read() if folder.is_dir() else {}
+    keys = {(r.benchmark, r.problem.id, r.sample) for r in plan_requests(settings, problems)}
+    gpus = resolved.cluster.gpus_per_node if resolved is not None else max(cuda_gpus(), 1)
+    est = plan.estimate(problems, {k: settings.n_for(bm.BY_KEY[k]) for k in problems}, len(keys & set(done)),
+                        settings.max_new_tokens, settings.expected_mean_tokens, RunPaths(source.run_dir).eval, gpus,
+                        settings.decode_tokens_per_gpu_s)
+    where = "here (--local)" if resolved is None else f"one node of {resolved.cluster.name}"
+    print(f"evaluate {source.description} of {source.run_dir.name} -> {folder} on {where}")
+    print(plan.render(est))
+    print(f"  grading        rules ({', '.join(RULES)})" + (f", then the judge {judge.model} on what they reject"
+                                                           if judge else " alone (--judge none)"))
+    print("dry run: nothing submitted, nothing written")
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, load_settings())
-    source = resolve(args.run, args.step, args.model)
+    source = resolve(args.run, args.step, args.model, args.base_model)
+    resolved = None if args.local else cluster_of(args.run, source, args.cluster)
     check_compatible(RunPaths(source.run_dir).eval / source.label, settings)
+    judge = judge_for(settings)  # a judge that cannot be loaded is said now, not after an hour of generation
+    if args.dry_run:
+        print_plan(settings, source, resolved, judge)
+        return 0
     if args.local:
         import importlib.util
 
         if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise UserError("vllm is not installed here (pip install -e '.[gpu]' on GPU nodes)", "--backend")
         problems = load_problems(settings)  # every file read before the first byte is written
-        evaluate(settings, source, problems)
+        evaluate(settings, source, problems, judge=judge)
         return 0
     load_problems(settings)
-    settings = replace(settings, data=str(Path(settings.data).resolve()))
-    job_id = submit(settings, source, str(Path(args.model).resolve()) if args.model else None)
+    settings = replace(settings, data=str(Path(settings.data).resolve()),
+                       judge_prompt=judge.prompt_source if judge else settings.judge_prompt)
+    job_id = submit(settings, source, str(source.hf_dir) if args.model else None, judge, resolved,
+                    str(source.run_dir) if args.run else None, source.base_model)
     folder = RunPaths(source.run_dir).eval / source.label
     print(f"submitted evaluate job {job_id} for {source.run_dir.name} {source.label}")
     print(f"results   {folder}/results.md (samples as they finish: {folder}/samples.jsonl)")

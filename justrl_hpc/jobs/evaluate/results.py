@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,21 +109,23 @@ class SampleLog:
         return out
 
     def append(self, results: Iterable[SampleResult]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._heal()
-        with open(self.path, "a") as fh:
-            for r in results:
-                fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.path, (asdict(r) for r in results))
 
-    def _heal(self) -> None:
-        # A kill mid-line leaves no newline at the end: start the next line on its own.
-        if self.path.is_file() and self.path.stat().st_size:
-            with open(self.path, "rb+") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows as JSON lines, flushed and fsynced (samples.jsonl, judged.jsonl). A kill mid-line leaves no
+    newline at the end: the next line starts on its own, and readers skip the torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+    with open(path, "a") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @dataclass
@@ -147,6 +149,9 @@ class Table:
     average: float
     mean_tokens: float
     complete: bool  # every benchmark evaluated, with its published N
+    # {"rules": [...], "judge": {model, asked, accepted, ...} | None}; empty when not recorded
+    grading: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=dict)  # {"backend": ..., "version": ...}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +190,7 @@ def score(
             )
         )
     complete = len(plan) == len(BENCHMARKS) and all(
-        plan[b.key][1] == b.n for b in BENCHMARKS if b.key in plan
+        plan[b.key][1] == b.n and len(plan[b.key][0]) == b.size for b in BENCHMARKS if b.key in plan
     )
     return Table(
         label=label,
@@ -205,12 +210,47 @@ def published_rows(base_model: str) -> tuple[str | None, list[tuple[str, tuple[f
     return None, []
 
 
+RULES = ("verl-math", "math-verify")
+DAGGER = "†"
+
+
+def grading_lines(table: Table) -> tuple[list[str], bool]:
+    """How the figures were graded, for results.md's first lines; and whether this run's row is graded
+    otherwise than the published rows (judge-graded, with the empty question of the authors' script)."""
+    grading = table.grading or {}
+    judge = grading.get("judge")
+    rules = ", ".join(grading.get("rules") or RULES)
+    gen = table.generator or {}
+    made = f"Generated with {gen['backend']} {gen.get('version') or ''}".rstrip() + ". " if gen.get("backend") else ""
+    if not grading:
+        return [f"{made}Grading not recorded (an evaluation from before 2026-12-07)."], True
+    if judge is None:
+        return [
+            f"{made}Graded by the rules alone ({rules}; `--judge none`). The published rows are judge-graded "
+            f"(CompassVerifier-3B on what the rules reject): expect the row marked {DAGGER} lower, most on "
+            "Minerva and OlympiadBench."
+        ], True
+    differs = judge.get("question") == "real"
+    line = (
+        f"{made}Graded as the authors' evals/grade.py: the rules ({rules}) first, then the judge {judge['model']} "
+        f"on the {judge['asked']} responses they rejected, {judge['accepted']} accepted (greedy, a judgement "
+        "starting with \"A\" is correct), "
+    )
+    line += (
+        f"with the real question (theirs passed an empty one): the row marked {DAGGER} is graded differently."
+        if differs
+        else "with an empty question as theirs, like the published rows."
+    )
+    return [line], differs
+
+
 def markdown(table: Table, base_model: str) -> str:
     evaluated = {s.benchmark: s for s in table.scores}
     cols = [b for b in BENCHMARKS if b.key in evaluated]
     head = ["model", *[f"{b.label}@{evaluated[b.key].n}" for b in cols], "Avg", "mean tokens"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    this = f"this run: {table.label}" + (f" ({table.model})" if table.model else "")
+    graded, differs = grading_lines(table)
+    lines = [*graded, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    this = f"this run: {table.label}" + (f" ({table.model})" if table.model else "") + (DAGGER if differs else "")
     lines.append(
         "| "
         + " | ".join(
@@ -240,7 +280,8 @@ def markdown(table: Table, base_model: str) -> str:
         notes.append(f"No published rows for base model {base_model or '(unknown)'}.")
     if not table.complete:
         notes.append(
-            "Not the published protocol (a subset of the benchmarks or a different N): compare with care."
+            "Not the published protocol (a subset of the benchmarks or of their problems, other sets, or a "
+            "different N): compare with care."
         )
     missing = [s for s in table.scores if s.samples < s.n * s.problems or s.problems == 0]
     for s in missing:
@@ -278,12 +319,26 @@ def csv_text(table: Table) -> str:
     return buf.getvalue()
 
 
+def published_endpoint(table: Table, base_model: str) -> dict[str, Any] | None:
+    """The paper's JustRL row for this base model, when the table covers its nine benchmarks (a subset's
+    average is another number): what the dashboard puts beside the run's evaluations, as context."""
+    _, rows = published_rows(base_model)
+    if not rows or {s.benchmark for s in table.scores} != set(PUBLISHED_COLUMNS):
+        return None
+    name, _, average = rows[-1]
+    return {"row": name, "average": average}
+
+
 def write_outputs(table: Table, folder: Path, base_model: str) -> None:
+    """summary.json names the evaluated model and the base model whose published rows it sits beside as two
+    fields (`model` stays, the evaluated one): a --model folder once read as the run's base model there."""
     from justrl_hpc.core.run_folder import atomic_write
 
     atomic_write(folder / "results.md", markdown(table, base_model))
     atomic_write(folder / "results.csv", csv_text(table))
-    atomic_write(folder / "summary.json", json.dumps(table.to_json(), indent=2))
+    summary = {**table.to_json(), "evaluated_model": table.model, "base_model": base_model,
+               "published": published_endpoint(table, base_model)}
+    atomic_write(folder / "summary.json", json.dumps(summary, indent=2))
 
 
 def tensorboard_scalars(table: Table) -> dict[str, float]:

@@ -86,7 +86,10 @@ def write_parquet(rows: list[dict[str, Any]], out: Path, stats: dict[str, Any]) 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="justrl-hpc prepare-data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="justrl-hpc prepare-data", description=__doc__.splitlines()[0],
+        epilog="Also: `--eval-from JUSTRL_CHECKOUT [--eval-out data/eval]` copies the authors' nine evaluation "
+               "sets (jobs/evaluate/eval_sets.py); `--rehearsal` makes the rehearsal's toy data.")
     p.add_argument("--dapo", type=Path, help="DAPO-Math-17k parquet (dapo-math-17k.parquet)")
     for name in VAL_SETS:
         p.add_argument(f"--{name}", type=Path, help=f"{name.upper()} problems (parquet/JSONL: problem, answer)")
@@ -102,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         load_dataset("BytedTsinghua-SIA/DAPO-Math-17k", split="train").to_parquet(str(path))
         args.dapo = path
     if not args.dapo and not any(getattr(args, n) for n in VAL_SETS):
-        raise UserError("nothing to prepare: give --dapo and/or --aime24/--aime25/--amc23 (or --rehearsal)",
-                        "prepare-data")
+        raise UserError("nothing to prepare: give --dapo and/or --aime24/--aime25/--amc23, --eval-from (or "
+                        "--rehearsal)", "prepare-data")
     # Read and convert everything first: a bad input writes nothing.
     jobs: list[tuple[Path, list[dict[str, Any]], dict[str, Any]]] = []
     if args.dapo:
@@ -112,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in VAL_SETS:
         path = getattr(args, name)
         if path:
-            jobs.append((args.out / f"{name}.verl.parquet", convert_val(read_table(path, f"--{name}"), name,
-                                                                       f"--{name}"), {}))
+            # data_source as the authors' preprocess.py names the set: the reward grades these with Math-Verify.
+            jobs.append((args.out / f"{name}.verl.parquet", convert_val(read_table(path, f"--{name}"),
+                                                                       name.upper(), f"--{name}"), {}))
     for out, rows, stats in jobs:
         meta = write_parquet(rows, out, stats)
         extra = ""

@@ -11,9 +11,11 @@ ledger's chunks since the last verified save) enters only here, through the no-p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from justrl_hpc.core import stall
 from justrl_hpc.jobs.train import progress_policy
 from justrl_hpc.jobs.train.progress_policy import ChunkEnd
 
@@ -24,13 +26,15 @@ from justrl_hpc.jobs.train.progress_policy import ChunkEnd
 #   trainer-exited the trainer process ended          save-now     a save-now's save is done
 #   limit-signal   the pre-limit signal or a USR2 preemption, after the save it asked for (or its budget)
 #   sigterm        SIGTERM (a SIGTERM-only preemption, or the limit's own during a stop)
+#   hang           the trainer's steps stalled past the S1 figure (`hung`); its stacks are written already
 Ending = Literal["preflight", "no-address", "ray", "no-checkpoint", "target-saved", "disk-low", "trainer-exited",
-                 "save-now", "limit-signal", "sigterm"]
-Kind = Literal["finish", "requeue", "fail", "exit", "restart-in-job", "exclude"]
+                 "save-now", "limit-signal", "sigterm", "hang"]
+Kind = Literal["finish", "requeue", "fail", "exit", "restart-in-job", "exclude", "continue"]
 # Crash classes a fresh start of the trainer may cure, while every node lives (Ray's GCS says so): an NCCL
 # error, a worker's OOM, a dead vLLM engine or Ray actor, an exception the patterns do not name. Not a full
 # disk, a clean exit short of the target, a failed preflight or a lost node: a restart meets them again.
-RESTARTABLE = frozenset({"crashed-nccl", "crashed-oom", "crashed-node", "crashed-other"})
+# A hung trainer (`hung`) is ended by the chunk first, then treated the same way when run.on_hang is restart.
+RESTARTABLE = frozenset({"crashed-nccl", "crashed-oom", "crashed-node", "crashed-worker", "crashed-other", "hung"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Facts:
     max_restarts: int = 0
     time_left_s: float | None = None
     need_s: float | None = None
+    on_hang: str = "restart"  # hang: run.on_hang
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,23 @@ def restart_need_s(trainer_started_at: float | None, step_times: list[float]) ->
     if len(step_times) < 2:
         return 2 * startup
     return startup + (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+
+
+def hung(now: float, trainer_started_at: float, step_times: Sequence[float], factor: float, floor_s: float,
+         startup_grace_s: float) -> float | None:
+    """The stall limit (s) the trainer's steps are past, or None: no step for max(factor × p95 step, floor) since
+    its last step, or that plus the start-up grace since it started when it has logged none (core/stall.py, the
+    S1 alert's figure). `step_times` are this trainer's steps' wall times, oldest first."""
+    durations = [b - a for a, b in zip(step_times, step_times[1:], strict=False)]
+    waiting_first = not step_times
+    limit = stall.limit_s(durations, waiting_first, factor, floor_s, startup_grace_s=startup_grace_s)
+    since = step_times[-1] if step_times else trainer_started_at
+    return limit if now - since > limit else None
+
+
+def _can_restart(f: Facts) -> bool:
+    return bool(f.reason in RESTARTABLE and f.nodes_alive and f.restarts < f.max_restarts
+                and f.time_left_s is not None and f.need_s is not None and f.time_left_s >= f.need_s)
 
 
 def _crash(f: Facts, h: History, reason: str, detail: str) -> Action:
@@ -138,11 +160,16 @@ def decide(f: Facts, h: History = History()) -> Action:
             return Action("finish")
         if f.stop_saved:  # it ended on its own after the save a stop asked for: the stop's ending holds
             return Action("requeue", "stop-saved")
-        if (f.reason in RESTARTABLE and f.nodes_alive and f.restarts < f.max_restarts
-                and f.time_left_s is not None and f.need_s is not None and f.time_left_s >= f.need_s):
+        if _can_restart(f):
             # In the allocation it holds: no queue wait (hours on a busy partition), no Ray bring-up.
             return Action("restart-in-job", f.reason, notes={"detail": f.detail, "restart": str(f.restarts + 1)})
         return _crash(f, h, f.reason, f.detail)
+    if f.ending == "hang":
+        if f.on_hang == "wait":  # stacks only: a person debugging it live; the S1 alert has paged them
+            return Action("continue", "hung", notes={"detail": f.detail})
+        if f.on_hang == "restart" and _can_restart(f):
+            return Action("restart-in-job", "hung", notes={"detail": f.detail, "restart": str(f.restarts + 1)})
+        return _crash(f, h, "hung", f.detail)
     if f.ending == "save-now":  # the save a stop asked for is done and the trainer stopped
         return Action("finish") if f.reached_target else Action("requeue", "save-now")
     if f.ending == "limit-signal":

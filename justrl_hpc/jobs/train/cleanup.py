@@ -22,9 +22,10 @@ from pathlib import Path
 
 import psutil
 
+from justrl_hpc.core.slurm_resources import RUN_MARK_ENV
 from justrl_hpc.jobs.train.ray_cluster import kill_tree
 
-MARK_ENV = "JUSTRL_RUN_MARK"
+MARK_ENV = RUN_MARK_ENV
 SHM = Path("/dev/shm")
 # What a chunk's processes put in /dev/shm: NCCL's and torch's segments, vLLM's message queues and Python
 # multiprocessing's semaphores (Ray's object store lives in a file Ray itself removes).

@@ -6,7 +6,6 @@ is done (nodes.run_node). Every transition is a ledger event."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -25,9 +24,11 @@ from justrl_hpc.jobs.train import (
     preflight,
     ray_cluster,
     slurm_log,
+    stacks,
     successor,
 )
 from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
+from justrl_hpc.jobs.train.after_save import AfterSave
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.in_worker.deadline_hook import (
     CONTROL_ENV,
@@ -36,18 +37,19 @@ from justrl_hpc.jobs.train.in_worker.deadline_hook import (
     request_tracker_finish,
 )
 from justrl_hpc.jobs.train.nodes import clean_stale, put_code_first, ray_resources, start_agent, stop_process
+from justrl_hpc.jobs.train.recovery import RESTART, Recovery
 from justrl_hpc.jobs.train.release import spawn_releaser
 from justrl_hpc.jobs.train.signals import ignore_limit_signal, requeue_signal
 from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
 
 POLL_S = 0.5
-RESTART = "restart"  # what _train returns when the policy restarts the trainer inside the job
 TRACKER_FINISH_S = 10.0  # how long a stop waits for W&B to end its run (wandb.finish takes ~1 s offline)
 FINAL_EXIT_S = 60.0  # how long a stop lets a trainer that reached its target end by itself
+EVAL_SUBMIT_WAIT_S = 30.0  # how long the teardown waits for an evaluation's submission in flight
 
 
-class Driver:
-    """Rank 0 of one chunk."""
+class Driver(Recovery):
+    """Rank 0 of one chunk (restarts in the job and a hang's stacks: recovery.py)."""
 
     def __init__(self, info: ChunkInfo) -> None:
         self.info = info
@@ -58,6 +60,7 @@ class Driver:
         self.first_chunk = not any(e.get("event") == "trainer-started" for e in events)
         self.target = self.resolved.recipe.total_training_steps
         self.trainer: TrainerProcess | None = None
+        self._exit_recorded: TrainerProcess | None = None  # the trainer whose trainer-exited is in the ledger
         self.head: ray_cluster.RayHead | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.start_step: int | None = None
@@ -72,7 +75,9 @@ class Driver:
         self.chunk_started_at = time.time()
         self.successor: str | None = None  # the chained next chunk, on clusters that forbid requeue
         self.restarts_in_job = 0
+        self.after_save = AfterSave(self.resolved, info.run_dir, info.paths.checkpoints, info.job_id, self.chunk)
         self.step_times: list[float] = []  # when this trainer's steps were logged (a restart's start-up estimate)
+        self.hang_dumped = False  # this trainer's stacks were taken once already
 
     # -- ledger ---------------------------------------------------------------------------------------
 
@@ -119,6 +124,7 @@ class Driver:
         for request in (info.paths.stop, info.paths.save_now):
             request.unlink(missing_ok=True)
         clear_tracker_requests(info.control)
+        stacks.forget_registrations(info.control, info.job_id, info.restart)
         if not self.resolved.cluster.requeue_allowed:
             self._arm_successor()
         self.mark = cleanup.Mark(cleanup.run_id(info.run_dir), info.job_id, info.restart, node_name())
@@ -253,7 +259,7 @@ class Driver:
         self.trainer = TrainerProcess(cmd, info.paths.trainer_log, ckpt_dir, env,
                                       cwd=info.paths.logs)
         self.trainer_started_at = time.time()
-        self.step_times = []
+        self.step_times, self.hang_dumped = [], False
         self.trainer.start()
         self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
                    seconds_since_start=round(time.time() - t0, 1))
@@ -267,6 +273,8 @@ class Driver:
                 self.request_stop("save-now")
             if self.stop_reason and self._saved_since_stop():
                 return self._requeue_self()
+            if (limit := self._hung()) is not None and (outcome := self._on_hang(limit)) is not None:
+                return outcome
             code = self.trainer.poll()
             if code is not None:
                 self._follow()
@@ -307,14 +315,8 @@ class Driver:
         logged = self.trainer.last_step or 0
         return any(s <= logged for s in self._saves_after_stop())
 
-    def _retention(self) -> None:
-        # The newest save of a logged step is what the next chunk resumes from when newer saves turn out never
-        # logged (prepare_resume sets those aside): keep_last must not delete it for them.
-        run = self.resolved.run
-        deleted = checkpoints.apply_retention(self.info.paths.checkpoints, self.resolved.recipe.world_size,
-                                              run.keep_last, run.keep_every, protect={self._last_saved() or 0} - {0})
-        if deleted:
-            log(f"retention deleted checkpoints {deleted}")
+    def _retention(self) -> None:  # and the evaluation along the run: after_save.py
+        self.after_save(self._last_saved())
 
     # -- stopping -------------------------------------------------------------------------------------
 
@@ -346,6 +348,14 @@ class Driver:
         # aside and retrains that step) rather than waiting into the reserve for its log line.
         return bool(self._saves_after_stop())
 
+    def _stopped_as(self, saved: bool) -> str:
+        """The trainer-exited reason of a stop: `stopped` only when a save after the stop holds a logged step
+        (nothing is retrained); `stopped-unlogged` when the wait ran out with only a save verl had not logged
+        yet (the next chunk sets it aside and retrains that step: the soak caught it named `stopped`)."""
+        if not saved:
+            return "stopped-unsaved"
+        return "stopped" if self._saved_since_stop() else "stopped-unlogged"
+
     def _save_budget(self, grace_s: float | None = None) -> float:
         c = self.resolved.cluster
         left = (self.end_time - time.time() - c.end_reserve_s) if self.end_time else float(c.signal_lead_s)
@@ -369,7 +379,12 @@ class Driver:
             saved = self.wait_for_save(self._save_budget())
             code = self._stop_trainer()
             self._follow()
-            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+            self._exited_event(code, self._stopped_as(saved))
+        elif self.trainer is not None and (code := self.trainer.poll()) is not None:
+            # It ended on its own and the signal came while that ending was read (Ray's node verdict takes up
+            # to 40 s): its exit goes in the ledger before the requeue (the soak's seed 2 lost one).
+            self._follow()
+            self._exited_event(code, self._classify(code))
         action = self._decide("limit-signal", reason=self.stop_reason or "", saved=bool(self.saved_steps))
         if action.kind != "requeue":
             self._act(action)
@@ -416,7 +431,7 @@ class Driver:
             saved = self.wait_for_save(self._save_budget(self.resolved.cluster.preempt_grace_s))
             code = self._stop_trainer(grace_s=5, exit_wait_s=5)
             self._follow()
-            self._exited_event(code, "stopped" if saved else "stopped-unsaved")
+            self._exited_event(code, self._stopped_as(saved))
         self.ended = True
         action = self._decide("sigterm", reason=reason, stopping_for_requeue=requeue)
         if action.kind == "requeue":
@@ -459,10 +474,10 @@ class Driver:
         in the name of the chunk whose trainer logged them (by default this one)."""
         if since is None:
             return
-        from justrl_hpc.jobs.train.logged_steps import record_unseen
+        from justrl_hpc.jobs.train.logged_steps import latest_trainer_logged, record_unseen
 
         job_id, chunk = (job_id, chunk) if job_id is not None else (self.info.job_id, self.chunk)
-        known = max(self.logged_step or 0, self.start_step or 0, checkpoints.logged_steps(self.ledger) or 0)
+        known = latest_trainer_logged(self.ledger.read())  # that trainer's own, not the run's (a retrain re-logs)
         for step in record_unseen(self.ledger, self.info.paths.tensorboard, since, known, job_id, chunk,
                                   f"run {self.resolved.run.name}"):
             if job_id == self.info.job_id and chunk == self.chunk:
@@ -474,6 +489,9 @@ class Driver:
 
     def _exited_event(self, code: int | None, reason: str) -> None:
         assert self.trainer is not None
+        if self._exit_recorded is self.trainer:
+            return  # a signal's handler and the reading it interrupted both got here: one event
+        self._exit_recorded = self.trainer
         self._steps_from_tensorboard(self.trainer_started_at)
         steps = self.trainer.steps_seen
         self.event(
@@ -486,16 +504,21 @@ class Driver:
             progress=bool(self.saved_steps),
         )
 
-    def _trainer_exited(self, code: int) -> str:
+    def _classify(self, code: int) -> str:
         assert self.trainer is not None
-        reached = self._reached_target()
         said = slurm_log.slurm_said(self.info.paths, self.info.job_id, self.slurm_marks)
-        reason = classify_exit(code, reached, self.trainer.log_tail(), said)
+        reason = classify_exit(code, self._reached_target(), self.trainer.log_tail(), said)
         if reason == "crashed-other" and checkpoints.disk_full(self.info.paths.checkpoints,
                                                                 self.resolved.recipe.world_size):
             reason = "crashed-disk"  # torch.save reports ENOSPC as "iostream error", so look at the disk itself
+        return reason
+
+    def _trainer_exited(self, code: int) -> str:
+        assert self.trainer is not None
+        reached = self._reached_target()
+        reason = self._classify(code)
         lost = None
-        if reason in ("crashed-other", "crashed-nccl") and code > 0 and self.head and self.info.nodes > 1:
+        if reason in ("crashed-other", "crashed-nccl", "crashed-worker") and code > 0 and self.head and self.info.nodes > 1:
             # A lost node can show first as an error the patterns do not name; Ray's health check decides.
             lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes)
             if lost:
@@ -511,37 +534,6 @@ class Driver:
         if action.kind == "restart-in-job":
             return self._restart_in_job(action)
         return self._act(action)
-
-    def _restart_facts(self, reason: str, lost: int | None) -> dict[str, Any]:
-        """What a restart in the job depends on (Ray's GCS asked only where one may cure the crash and fit)."""
-        cap = self.resolved.run.max_in_job_restarts
-        facts: dict[str, Any] = {"restarts": self.restarts_in_job, "max_restarts": cap}
-        if reason not in chunk_policy.RESTARTABLE or self.restarts_in_job >= cap or not self.head or self.stop_reason:
-            return facts
-        need = facts["need_s"] = chunk_policy.restart_need_s(self.trainer_started_at, self.step_times)
-        end = (self.end_time or 0) - self.resolved.cluster.signal_lead_s
-        # Cheap facts first: no step yet, or no time for Ray's verdict, a start-up and a step: the crash's
-        # requeue must not wait 40 s for Ray (the soak saw the limit's signal land in that wait).
-        if need is None or not self.end_time or end - time.time() < need + ray_cluster.NODES_LOST_WAIT_S:
-            return facts
-        if lost is None:
-            lost = ray_cluster.nodes_lost(self.head.address, self.info.nodes) if self.info.nodes > 1 else 0
-        facts["nodes_alive"] = not lost and ray_cluster.count_nodes(self.head.address)[0] >= self.info.nodes
-        facts["time_left_s"] = end - time.time()
-        return facts
-
-    def _restart_in_job(self, action: chunk_policy.Action) -> str:
-        """Start verl's trainer again from the newest verified save, in this allocation and Ray cluster. Ray ends
-        the dead driver's workers on every node (its actors die with their job); what the trainer forked
-        itself goes with its process group."""
-        assert self.trainer is not None and self.trainer.pid is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.trainer.pid, signal.SIGKILL)
-        self.restarts_in_job += 1
-        self.event("restarted-in-job", step=self._last_saved(), crash=action.reason, restart=self.restarts_in_job,
-                   of=self.resolved.run.max_in_job_restarts, detail=action.notes.get("detail"))
-        self.trainer, self.first_chunk = None, False
-        return RESTART
 
     def _decide(self, ending: chunk_policy.Ending, **facts: Any) -> chunk_policy.Action:
         """The facts chunk_policy.decide needs beyond the caller's: the reached target, this chunk's figures for
@@ -594,6 +586,7 @@ class Driver:
         self.agent = None
         self._cleanup_event("end", cleanup.at_end(self.mark, self.info.control))
         self.info.paths.stop.unlink(missing_ok=True)
+        self.after_save.wait(EVAL_SUBMIT_WAIT_S)
 
     def _cleanup_event(self, when: str, found: dict[str, Any]) -> None:
         if found["processes"] or found["shm_removed"] or found["temp_dirs_removed"]:

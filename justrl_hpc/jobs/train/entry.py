@@ -50,11 +50,31 @@ class TrainChunk(submitit.helpers.Checkpointable):
         except ValueError:  # not the main thread: no handler of submitit's to re-enter
             pass
         driver = _ACTIVE.get("driver")
-        if driver is not None and not driver.stop_for_requeue():
-            return None  # finished or failed for good: submitit then ends the job instead of requeueing
-        if driver is not None and driver.successor is not None:
-            return None  # no requeue on this cluster: the job ends and its chained successor takes over
-        return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
+        if driver is None:
+            return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
+        from justrl_hpc.core.ledger import ended
+
+        requeue = driver.stop_for_requeue()
+        then = after_limit_signal(requeue, ended(driver.ledger.read()), driver.successor is not None)
+        if then in ("completed", "chained"):
+            # The run reached its target inside this handler (the signal came during its last step), or the chunk
+            # handed the run to its chained successor. A None here is submitit's UncompletedJobError, exit 1, and
+            # Slurm's FAILED for a job that did its part (seen 2026-12-07): end the process as a finished chunk
+            # ends. submitit writes no result file; nothing of ours reads it.
+            log(f"run {driver.resolved.run.name} job {driver.info.job_id}: {then} in the limit's handler; exiting 0")
+            sys.exit(0)
+        if then == "requeue":
+            return submitit.helpers.DelayedSubmission(TrainChunk(self.run_dir))
+        return None  # failed for good: submitit ends the job
+
+
+def after_limit_signal(requeue: bool, run_ended: str | None, chained: bool) -> str:
+    """What a chunk does once the limit's (or a preemption's) handler has stopped its trainer: `requeue`
+    (submitit requeues the job), `chained` (no requeue on this cluster: the job ends, its successor starts),
+    `completed` (the run reached its target meanwhile: the job ends as COMPLETED), `end` (failed for good)."""
+    if requeue:
+        return "chained" if chained else "requeue"
+    return "completed" if run_ended == "finished" else "end"
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ from justrl_hpc.core import slurm
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.run_folder import load
-from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster
+from justrl_hpc.jobs.train import cleanup, preflight, ray_cluster, stacks
 from justrl_hpc.jobs.train.addresses import AddressError, address_env, node_address
 from justrl_hpc.jobs.train.environment import ChunkInfo, log, node_name
 from justrl_hpc.jobs.train.signals import _prctl_pdeathsig, ignore_limit_signal, shield_from_slurm_signals
@@ -141,7 +141,9 @@ def run_node(info: ChunkInfo) -> str:
             info.paths.ray_log(info.job_id),
         )
         cleanup.note_temp_dir(info.control, mark, own_ray)
+        answered: set[str] = set()
         while not info.done_file.exists():
+            stacks.answer(mark, info.control, answered)  # a hung trainer's stacks, when the driver asks
             time.sleep(1.0)
         ignore_limit_signal(f"rank {info.rank} job {info.job_id}")
         ray_cluster.stop(own_ray)  # its own Ray: nothing of this chunk outlives it on this node

@@ -11,6 +11,7 @@ import sys
 import time
 
 from justrl_hpc.core import slurm, slurm_act
+from justrl_hpc.core.slurm_resources import RUN_MARK_ENV
 
 REVOKE_MARGIN_S = 2.0
 
@@ -46,7 +47,7 @@ def spawn_releaser(job_id: str) -> None:
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
         # Unmarked: the chunk's end-of-incarnation sweep (cleanup.py) must not end it.
-        env={k: v for k, v in os.environ.items() if k != "JUSTRL_RUN_MARK"},
+        env={k: v for k, v in os.environ.items() if k != RUN_MARK_ENV},
     )
     try:
         sh.wait(timeout=10)

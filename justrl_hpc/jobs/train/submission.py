@@ -15,7 +15,7 @@ from typing import Any
 from justrl_hpc.core.config import Resolved
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.core.recipe import CPU_BACKEND_ENV
-from justrl_hpc.core.slurm_resources import SRUN_CPUS_LINE, slurm_resources
+from justrl_hpc.core.slurm_resources import JOB_SETUP_LINES, slurm_resources
 
 
 class _Attribute:
@@ -78,13 +78,19 @@ def chunk_env(resolved: Resolved, run_dir: Path) -> dict[str, str]:
         # worker from the raylets the chunk starts with it. A GPU recipe never asks: its CPU-only actors see no
         # CUDA either, and must not get a CPU platform for it.
         env[CPU_BACKEND_ENV] = "1"
+    else:
+        # NCCL's flight recorder: on a collective's timeout torch's watchdog writes each rank's last collectives
+        # beside the hang's stacks (stacks.py), the record verl's maintainers ask for. A site's own values win.
+        for key, value in (("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000"), ("TORCH_NCCL_DUMP_ON_TIMEOUT", "1"),
+                           ("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", str(RunPaths(run_dir).stacks / "nccl-trace-rank-"))):
+            env.setdefault(key, value)
     return env
 
 
 def setup_lines(resolved: Resolved, run_dir: Path) -> list[str]:
     # A SIGTERM-only preemption signals the batch shell too; if it died, Slurm would end the job at once and
     # the chunk could not save within the grace. Slurm's SIGKILL after the grace still ends everything.
-    lines = ["trap '' TERM", SRUN_CPUS_LINE, *resolved.cluster.setup]
+    lines = ["trap '' TERM", *JOB_SETUP_LINES, *resolved.cluster.setup]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(chunk_env(resolved, run_dir).items())]
     return lines
 

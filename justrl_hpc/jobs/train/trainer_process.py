@@ -59,10 +59,14 @@ CRASH_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "crashed-node",
         re.compile(
             r"NodeDiedError|node .* (died|dead)|RaySystemError|GCS .* (unavailable|failed)|"
-            r"ActorDiedError|ActorUnavailableError|Ray cluster .* not .*nodes",
+            r"ActorUnavailableError|Ray cluster .* not .*nodes|Raylet is terminated|Invalid memory access from Raylet",
             re.I,
         ),
     ),
+    # One of verl's Ray workers died while its node lives (kill -9 of a worker, a segfault, a kernel OOM kill
+    # that left no definite line): Ray says the worker process died, and names no node or raylet. Recorded real
+    # tails of both (tests/data/ray_crash_tails/) tell it from a lost node.
+    ("crashed-worker", re.compile(r"ActorDiedError|worker process has died|Worker unexpectedly exits")),
 ]
 
 

@@ -69,8 +69,8 @@ def _recipe(run_dir: Path) -> dict[str, Any]:
 
 def toy_task_settings(tset: Any) -> Any:
     """The training rules for a CPU recipe (the rehearsal's toy task). Its answer is one token whose entropy is
-    meant to fall as the task is learned: a collapse there is success, so every collapse check is off (JustRL's
-    absolute band means nothing for it either; the dashboard drops it too). The explosion checks stay."""
+    meant to fall as the task is learned: a collapse there is success, so every collapse check is off (an
+    absolute band a rules file sets for JustRL's task means nothing for it either). The explosion checks stay."""
     return dataclasses.replace(
         tset,
         entropy_band=None,
@@ -230,10 +230,6 @@ class RunMonitor:
         recipe = _recipe(self.run_dir)
         if recipe.get("device") == "cpu":
             tset = toy_task_settings(tset)
-        elif not recipe:
-            # No run.yaml (verl run by hand): the task is unknown, so JustRL's absolute entropy band could be
-            # anyone's healthy value; the checks against the run's own history stay (a rules file can set a band).
-            tset = dataclasses.replace(tset, entropy_band=None, entropy_critical_band=None)
         if wstate is not None:
             self.watch = train_rules.TrainingWatch.from_state(wstate, tset, self.max_response_length)
         else:
@@ -476,7 +472,7 @@ class RunMonitor:
             now,
             self.config.progress,
             save_freq=self.save_freq,
-        )
+        ) + progress_rules.evaluate_hangs(self.events, now)
 
     def _job_running(self) -> bool:
         """Slurm's word when it answers; else the ledger's: a chunk started and has not ended."""

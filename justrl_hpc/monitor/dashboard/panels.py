@@ -248,7 +248,9 @@ def _tall_curves(view: RunView, height: int) -> RenderableType:
         state = c.state
         head = Text(c.label + "\n", "bold" if c.tag else "dim")
         head.append(_fmt(c.latest, c.fmt) if c.latest is not None else "no data", CURVE_STATE_STYLE[state])
-        if c.band is not None and c.band.text():
+        if c.band is not None and c.band.context:
+            head.append(f"\n{c.band.text()}", "dim")  # context (the paper's band), never a judgement
+        elif c.band is not None and c.band.text():
             head.append(
                 f"\n{'out of ' if state in ('low', 'high') else ''}band {c.band.text()}",
                 "bold yellow" if state in ("low", "high") else "dim",

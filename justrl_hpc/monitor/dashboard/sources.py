@@ -22,7 +22,7 @@ from typing import Any
 from justrl_hpc.core.ledger import Ledger
 from justrl_hpc.core.paths import RunPaths
 from justrl_hpc.monitor.rules.gpu_settings import GpuRuleSettings
-from justrl_hpc.monitor.rules.training import ENTROPY_HEALTHY, LENGTH_BAND_FRACTIONS, TRUNCATION_WARN
+from justrl_hpc.monitor.rules.training import ENTROPY_PUBLISHED, LENGTH_BAND_FRACTIONS, TRUNCATION_WARN
 from justrl_hpc.monitor.sources.telemetry import HEAD_BYTES, Cursor, TelemetryTail
 
 # -- what the curves panel shows ------------------------------------------------------------------------
@@ -46,9 +46,11 @@ CURVES: tuple[CurveSpec, ...] = (
 )
 TB_TAGS: tuple[str, ...] = tuple(t for c in CURVES for t in c.tags)
 
-# JustRL's healthy bands, shared with the alerting rules (monitor-facts.md (b)). Under the legacy trainer
-# this recipe runs (use_v1=False) verl pads responses to the cap, so clip_ratio is the truncated share.
-ENTROPY_BAND = ENTROPY_HEALTHY
+# JustRL's bands (monitor-facts.md (b)). Entropy's is the paper's figure, shown as labelled context only: the
+# figure's entropy was miscomputed (thunlp/JustRL#5) and a healthy reproduction sits elsewhere (thunlp/JustRL#3).
+# Under the legacy trainer this recipe runs (use_v1=False) verl pads responses to the cap, so clip_ratio is the
+# truncated share.
+ENTROPY_BAND = ENTROPY_PUBLISHED
 CLIP_RATIO_MAX = TRUNCATION_WARN
 
 HEARTBEAT_STALE_INTERVALS = 3.0
@@ -64,12 +66,15 @@ RESOLVED_SHOWN = 5
 class Band:
     low: float | None = None
     high: float | None = None
+    context: str = ""  # a label ("paper") for a band shown beside the curve that never judges its value
 
     def judge(self, value: float | None) -> str:
         if value is None:
             return "none"
         if not math.isfinite(value):
             return "nan"
+        if self.context:
+            return "ok"
         if self.low is not None and value < self.low:
             return "low"
         if self.high is not None and value > self.high:
@@ -77,13 +82,17 @@ class Band:
         return "ok"
 
     def text(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"{_short(self.low)}–{_short(self.high)}"
-        if self.high is not None:
-            return f"≤ {_short(self.high)}"
-        if self.low is not None:
-            return f"≥ {_short(self.low)}"
-        return ""
+        if self.low is not None and self.low == self.high:
+            text = _short(self.low)  # one published figure (the paper's endpoint)
+        elif self.low is not None and self.high is not None:
+            text = f"{_short(self.low)}–{_short(self.high)}"
+        elif self.high is not None:
+            text = f"≤ {_short(self.high)}"
+        elif self.low is not None:
+            text = f"≥ {_short(self.low)}"
+        else:
+            return ""
+        return f"{self.context} {text}" if self.context else text
 
 
 def _short(x: float) -> str:
@@ -289,7 +298,28 @@ def read_curves(paths: RunPaths, rc: RunCache, notes: list[str]) -> list[Curve]:
                 band=bands.get(spec.key),
             )
         )
-    return curves
+    evaluated = read_evaluations(paths)
+    return curves + ([evaluated] if evaluated is not None else [])
+
+
+def read_evaluations(paths: RunPaths) -> Curve | None:
+    """The benchmark average of each evaluation along the run (eval/step_N/summary.json, core/eval_along.py),
+    beside the paper's endpoint for the same nine benchmarks as context; None when nothing was evaluated."""
+    points, published = [], None
+    for summary in (paths.root / "eval").glob("step_*/summary.json"):
+        try:
+            data = json.loads(summary.read_text())
+            points.append((int(data["step"]), float(data["average"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not an evaluation of this run's steps
+        if isinstance(data.get("published"), dict) and isinstance(data["published"].get("average"), int | float):
+            published = float(data["published"]["average"])
+    if not points:
+        return None
+    points.sort()
+    band = Band(published, published, context="paper") if published is not None else None
+    return Curve(key="eval", label="eval average", tag="eval/average", fmt=".1f",
+                 steps=[p[0] for p in points], values=[p[1] for p in points], band=band)
 
 
 def bands_for(config: dict[str, Any]) -> dict[str, Band]:
@@ -298,10 +328,10 @@ def bands_for(config: dict[str, Any]) -> dict[str, Band]:
     recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
     hp = recipe.get("hyperparameters") if isinstance(recipe.get("hyperparameters"), dict) else {}
     bands: dict[str, Band] = {"clip": Band(high=CLIP_RATIO_MAX)}
-    # JustRL's entropy band for JustRL's recipes only: not for the rehearsal's toy task, nor for a folder of
-    # unknown task (no run.yaml: verl run by hand).
+    # The paper's entropy band, as context, for JustRL's recipes only: not for the rehearsal's toy task, nor for
+    # a folder of unknown task (no run.yaml: verl run by hand).
     if recipe and recipe.get("device") != "cpu":
-        bands["entropy"] = Band(*ENTROPY_BAND)
+        bands["entropy"] = Band(*ENTROPY_BAND, context="paper")
     max_len = hp.get("data.max_response_length")
     if isinstance(max_len, int) and max_len > 0:
         lo, hi = LENGTH_BAND_FRACTIONS

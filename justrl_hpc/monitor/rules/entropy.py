@@ -1,10 +1,13 @@
-"""T3/T4, the entropy rules: against JustRL's absolute band, against the run's own early reference, against a
-long log-linear trend, and against its recent median.
+"""T3/T4, the entropy rules: against the run's own early reference, against a long log-linear trend, against its
+recent median, and against an absolute band only where a rules file sets one.
 
-Why four. JustRL's band (entropy 1.2–1.4, 1.0–1.6 late) is its task's; another task's healthy entropy can sit at
-0.2. Tried on real verl GRPO logs (tests/data/real_verl_logs), a check against the rolling median alone misses a
-slow collapse (0.39 → 0.024 over ~200 steps: the median falls along with it) and reports a fast early one (0.35
-→ 0.10 in 18 steps) only once the window has filled. So:
+Why not the paper's band. JustRL's figure shows 1.2–1.4 (1.0–1.6 late), but verl ≤ 0.4 miscomputed entropy with
+dynamic batch size (thunlp/JustRL#5) and a reproducer on current rollouts saw ~0.97 at the start where ~0.6 was
+read off that figure (thunlp/JustRL#3): a line drawn from it alarms on a healthy run. Another task's healthy
+entropy can sit at 0.2. So the absolute band is off by default and the dashboard shows the paper's band beside
+the curve as context. Tried on real verl GRPO logs (tests/data/real_verl_logs), a check against the rolling
+median alone misses a slow collapse (0.39 → 0.024 over ~200 steps: the median falls along with it) and reports
+a fast early one (0.35 → 0.10 in 18 steps) only once the window has filled. So:
 
 - reference: the median of the run's first values after warm-up, kept for the whole run (in the watch's state,
   not its bounded window). A recent median (a few steps, so one low step is not a fall) below a fraction of it
@@ -25,8 +28,9 @@ from justrl_hpc.monitor.findings import Finding, Severity
 from justrl_hpc.monitor.rules.step_history import ema, finding, streak
 from justrl_hpc.monitor.rules.training_settings import TrainRuleSettings
 
-# JustRL's published entropy (justrl-recipe.md, "Training dynamics reported"); the dashboard shows the same.
-ENTROPY_HEALTHY = (1.0, 1.6)
+# JustRL's published entropy (justrl-recipe.md, "Training dynamics reported"): context the dashboard shows beside
+# the curve, never an alert line (see above).
+ENTROPY_PUBLISHED = (1.0, 1.6)
 
 
 def judge(st: TrainRuleSettings, step: int, tag: str, x: float, derived: dict[str, Any],
@@ -42,7 +46,6 @@ def judge(st: TrainRuleSettings, step: int, tag: str, x: float, derived: dict[st
 
 def _band(st: TrainRuleSettings, step: int, tag: str, e: float, derived: dict[str, Any]) -> list[Finding]:
     out: list[Finding] = []
-    healthy = f"{ENTROPY_HEALTHY[0]:g}–{ENTROPY_HEALTHY[1]:g}"
     for rule, low, i, steps in (
         ("T3-entropy-collapse", True, 0, st.entropy_low_steps),
         ("T4-entropy-explosion", False, 1, st.entropy_high_steps),
@@ -60,8 +63,8 @@ def _band(st: TrainRuleSettings, step: int, tag: str, e: float, derived: dict[st
             continue
         word = "<" if low else ">"
         out.append(finding(rule, sev, "band", tag, e, line,
-                           f"entropy EMA {e:.3f} {word} {line:g} for {n} steps at step {step} ({tag}; JustRL's "
-                           f"healthy band is {healthy})", step))
+                           f"entropy EMA {e:.3f} {word} {line:g} for {n} steps at step {step} ({tag}; the rules "
+                           f"file's {'critical ' if sev == 'critical' else ''}band)", step))
     return out
 
 

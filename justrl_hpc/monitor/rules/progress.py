@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from justrl_hpc.core import stall
 from justrl_hpc.core.goodput import event_time
 from justrl_hpc.core.settings import setting
 from justrl_hpc.monitor.findings import Finding, Severity
@@ -21,13 +22,15 @@ from justrl_hpc.monitor.findings import Finding, Severity
 class ProgressSettings:
     """Thresholds of the progress rules (the `progress:` section of monitor/rules.yaml)."""
 
-    stall_warn_factor: float = setting(3.0, lo=1)  # S1: no new step for this × the p95 step time …
-    stall_warn_min_s: float = setting(1800.0, lo=0)  # … and at least this long → warn
+    # S1: no new step for this × the p95 step time, and at least this long → warn (core/stall.py: the chunk
+    # takes a hung trainer's stacks at the same figure)
+    stall_warn_factor: float = setting(stall.WARN_FACTOR, lo=1)
+    stall_warn_min_s: float = setting(stall.WARN_MIN_S, lo=0)
     stall_critical_factor: float = setting(5.0, lo=1)
     stall_critical_min_s: float = setting(3600.0, lo=0)
-    stall_default_step_s: float = setting(300.0, lo=1)  # before any step time is known
+    stall_default_step_s: float = setting(stall.DEFAULT_STEP_S, lo=1)  # before any step time is known
     # extra time for a chunk's first step (model load, validation)
-    startup_grace_s: float = setting(1800.0, lo=0)
+    startup_grace_s: float = setting(stall.STARTUP_GRACE_S, lo=0)
     no_progress_critical: int = setting(3, lo=1)  # S4: chunks in a row that ended without a new checkpoint
     restart_storm_count: int = setting(5, lo=1)  # S4: this many chunk starts …
     restart_storm_window_s: float = setting(1800.0, lo=1)  # … within this long → warn
@@ -41,11 +44,7 @@ class ProgressSettings:
 PLANNED_REQUEUES = ("time-limit", "save-now")  # the driver's own stop reasons that requeue by plan
 
 
-def _p(values: Sequence[float], q: float) -> float | None:
-    xs = sorted(v for v in values if isinstance(v, int | float) and math.isfinite(v) and v > 0)
-    if not xs:
-        return None
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+_p = stall.quantile
 
 
 def _pfinding(
@@ -111,10 +110,11 @@ def evaluate_progress(
         waiting_first = chunk_start_t is not None and (
             last_step_time is None or chunk_start_t >= last_step_time
         )
-        grace = st.startup_grace_s if waiting_first else 0.0
         age = now - ref
-        warn_s = max(st.stall_warn_factor * p95, st.stall_warn_min_s) + grace
-        crit_s = max(st.stall_critical_factor * p95, st.stall_critical_min_s) + grace
+        warn_s = stall.limit_s(step_times, waiting_first, st.stall_warn_factor, st.stall_warn_min_s,
+                               st.stall_default_step_s, st.startup_grace_s)
+        crit_s = stall.limit_s(step_times, waiting_first, st.stall_critical_factor, st.stall_critical_min_s,
+                               st.stall_default_step_s, st.startup_grace_s)
         if age > warn_s:
             sev: Severity = "critical" if age > crit_s else "warn"
             line = crit_s if sev == "critical" else warn_s
@@ -325,4 +325,34 @@ def evaluate_progress(
                     r,
                 )
             )
+    return out
+
+
+HANG_HOLD_S = 6 * 3600.0  # a hang's finding stays this long: the alert goes out once, the UI shows it for a while
+_AFTER_HANG = {"restarted-in-job": "restarted the trainer in the job", "requeued": "requeued itself",
+               "failed": "stopped the chain", "finished": "finished"}
+
+
+def evaluate_hangs(events: Sequence[Mapping[str, Any]], now: float, hold_s: float = HANG_HOLD_S) -> list[Finding]:
+    """S1-hang-stacks (warn), one per `hang` ledger event of the last `hold_s`: the chunk found the trainer's
+    steps stopped past the S1 limit and took every process's stacks before it killed anything. The message
+    names the folder and what the chunk did next (run.on_hang); the monitor only says so. Pure."""
+    evs = [e for e in events if isinstance(e, Mapping)]
+    out = []
+    for i, e in enumerate(evs):
+        t = event_time(e)
+        if e.get("event") != "hang" or t is None or now - t > hold_s:
+            continue
+        then = next((_AFTER_HANG[x["event"]] for x in evs[i + 1:] if x.get("event") in _AFTER_HANG),
+                    "waits (run.on_hang: wait)" if e.get("on_hang") == "wait" else "is acting on it")
+        silent = e.get("silent")
+        out.append(_pfinding(
+            "S1-hang-stacks", "warn", str(e.get("stacks") or "stacks").rsplit("/", 1)[-1], "stalled_s",
+            e.get("stalled_s"), e.get("limit_s"),
+            f"job {e.get('job_id')} chunk {e.get('chunk')}: no step for {e.get('stalled_s')} s after step "
+            f"{e.get('step')} (limit {e.get('limit_s')} s); stacks of every process in {e.get('stacks')} "
+            f"({e.get('stack_files')} files, {e.get('nodes_answered')} nodes"
+            + (f"; no answer from {', '.join(silent)}" if silent else "") + f"); the chunk then {then}",
+            e.get("step") if isinstance(e.get("step"), int) else None,
+        ))
     return out

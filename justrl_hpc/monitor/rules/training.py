@@ -24,7 +24,7 @@ from typing import Any
 
 from justrl_hpc.monitor.findings import Finding, Severity
 from justrl_hpc.monitor.rules import entropy
-from justrl_hpc.monitor.rules.entropy import ENTROPY_HEALTHY  # noqa: F401  (the dashboard reads the bands here)
+from justrl_hpc.monitor.rules.entropy import ENTROPY_PUBLISHED  # noqa: F401  (the dashboard reads the bands here)
 from justrl_hpc.monitor.rules.step_history import StepHistory, ema, finding, streak
 from justrl_hpc.monitor.rules.training_settings import (  # noqa: F401
     LENGTH_BAND_FRACTIONS,

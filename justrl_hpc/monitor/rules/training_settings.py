@@ -25,10 +25,11 @@ class TrainRuleSettings:
     min_samples: int = setting(20, lo=1)  # a relative rule waits for this many values in its window
     hold_steps: int = setting(10, lo=1)  # a point event (NaN, grad spike) holds this many steps
     nonfinite_ignore: tuple[str, ...] = ()  # tag prefixes whose NaN/Inf is expected
-    # T3/T4 entropy: an EMA against absolute lines (off with entropy_band: null) and against its own median
+    # T3/T4 entropy: an EMA against absolute lines (off unless a rules file sets them: the paper's band is not a
+    # law, thunlp/JustRL#3 and #5) and against the run's own history
     entropy_ema_alpha: float = setting(0.1, lo=0, hi=1)
-    entropy_band: tuple[float, float] | None = (0.8, 2.0)
-    entropy_critical_band: tuple[float, float] | None = (0.6, 3.0)
+    entropy_band: tuple[float, float] | None = None
+    entropy_critical_band: tuple[float, float] | None = None
     entropy_low_steps: int = setting(20, lo=1)
     entropy_high_steps: int = setting(10, lo=1)
     entropy_critical_steps: int = setting(5, lo=1)

@@ -7,11 +7,17 @@ environment of a running Ray actor, so this hook (Ray's `worker_process_setup_ho
 trainer, the TaskRunner included) starts a thread that watches `<control dir>/stop` and, once it appears, keeps the deadline
 a few seconds ahead of now: the next step boundary then saves. verl itself is not modified. The same thread
 ends a W&B run cleanly when the chunk asks, just before it stops the trainer (finish_trackers_once).
+
+It also registers faulthandler on a spare signal (register_stacks): when the trainer's steps stall, the chunk
+sends that signal to every registered process of the incarnation and keeps what each writes (stacks.py).
+faulthandler writes from the signal handler in C, so a process stuck in C code with the GIL held still answers.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import socket
 import sys
 import threading
@@ -27,6 +33,30 @@ _AHEAD_S = 30.0
 _POLL_S = 1.0
 _started = False
 _lock = threading.Lock()
+# Unused by Ray, torch, NCCL and vLLM (SIGUSR1/2 are taken by some of them); its default action ends a process,
+# so the chunk signals only processes that registered (stacks.py checks the file below exists first).
+STACKS_SIGNAL = signal.SIGRTMIN + 5
+STACKS_DIR = "stacks"
+MARK_ENV = "JUSTRL_RUN_MARK"  # cleanup.MARK_ENV: this file imports nothing of the suite
+_stack_files: list = []  # open for the process's life: faulthandler writes to the descriptor
+
+
+def stacks_file(control_dir: str | os.PathLike[str], job_id: str, restart: int | str, node: str, pid: int) -> Path:
+    return Path(control_dir) / STACKS_DIR / f"{job_id}-{restart}-{node}-{pid}.txt"
+
+
+def register_stacks(control_dir: str | os.PathLike[str]) -> Path | None:
+    """Dump this process's Python stacks (all threads) into its own file on STACKS_SIGNAL. Only in a process
+    of a chunk's incarnation (its run mark names job, restart and node)."""
+    parts = os.environ.get(MARK_ENV, "").split("/")
+    if len(parts) != 4:
+        return None
+    path = stacks_file(control_dir, parts[1], parts[2], parts[3], os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a", buffering=1)  # noqa: SIM115  kept open: the handler writes to it at any time
+    faulthandler.register(STACKS_SIGNAL, file=fh, all_threads=True, chain=False)
+    _stack_files.append(fh)
+    return path
 
 
 def stop_file(control_dir: str | os.PathLike[str]) -> Path:
@@ -106,4 +136,8 @@ def install() -> None:
         if _started:
             return
         _started = True
+    try:
+        register_stacks(control_dir)
+    except (OSError, ValueError, RuntimeError):
+        pass  # no stacks on a hang is a loss of evidence, never a reason to fail verl's worker
     threading.Thread(target=_watch, args=(control_dir,), name="justrl-deadline-hook", daemon=True).start()
