@@ -49,13 +49,14 @@ def test_the_backend_is_inert_unless_asked_even_without_cuda() -> None:
              "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
              "print(torch.cuda.is_available(), PlatformRegistry.get('cpu') is not None, "
              "'hf-cpu' in RolloutReplicaRegistry._registry)")
-    out = _py(probe)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False False False"
-    for other in ("0", "", "true"):  # only "1" asks
-        assert _py(probe, **{CPU_BACKEND_ENV: other}).stdout.strip() == "False False False", other
-    asked = _py(probe, **{CPU_BACKEND_ENV: "1"})
-    assert asked.stdout.strip() == "False True True", asked.stderr[-2000:]
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = (None, "0", "", "true", "1")  # only "1" asks
+    with ThreadPoolExecutor(2) as pool:  # five fresh interpreters importing torch and verl: two at a time
+        outs = list(pool.map(lambda v: _py(probe) if v is None else _py(probe, **{CPU_BACKEND_ENV: v}), asks))
+    for value, out in zip(asks, outs, strict=True):
+        want = "False True True" if value == "1" else "False False False"
+        assert out.returncode == 0 and out.stdout.strip() == want, (value, out.stderr[-2000:])
 
 
 def test_a_cpu_recipes_chunks_ask_for_the_backend_and_a_gpu_recipes_do_not(tmp_path: Path) -> None:

