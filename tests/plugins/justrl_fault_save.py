@@ -1,18 +1,18 @@
 """Test code only: kills verl's trainer inside its own checkpoint save, at a chosen step and point.
 
 Loaded in every verl process of a test's run through verl's `VERL_USE_EXTERNAL_MODULES` (the test puts this
-folder on PYTHONPATH). With JUSTRL_FAULT_SAVE_STEP=N and JUSTRL_FAULT_SAVE_PHASE set, it wraps torch.save in
-this process so that, when verl writes step N:
+folder on PYTHONPATH). With JUSTRL_FAULT_SAVES="N:PHASE,..." it wraps torch.save in this process so that, when
+verl writes step N:
 
 - `shard`: rank 0's model shard `actor/model_world_size_W_rank_0.pt` is written half-way;
 - `data-file`: `data.pt` (the dataloader state, written by the TaskRunner) is written half-way;
 - `tracker`: `data.pt` is written whole, and the trainer dies before verl writes its tracker file;
 
 and then SIGKILLs the trainer's process group (main_ppo, found as the run's newest `trainer-started` pid in
-its ledger) and itself: the kill -9 of a node's trainer in the middle of a save. It fires once per run (a
-marker in the run's control folder), so the resumed chunk trains that step again. verl's code is untouched;
-the wrapper is this test's. The test copies this file into the run's code snapshot, the only code a chunk
-imports.
+its ledger) and itself: the kill -9 of a node's trainer in the middle of a save. Each step's fault fires once
+per run (a marker in the run's control folder), so the resumed trainer saves that step whole when it trains
+it again. verl's code is untouched; the wrapper is this test's. The test copies this file into the run's code
+snapshot, the only code a chunk imports.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import re
 import signal
 from pathlib import Path
 
-STEP = os.environ.get("JUSTRL_FAULT_SAVE_STEP")
-PHASE = os.environ.get("JUSTRL_FAULT_SAVE_PHASE", "")
+PLAN = {int(step): phase for step, _, phase in
+        (item.partition(":") for item in os.environ.get("JUSTRL_FAULT_SAVES", "").split(",") if item)}
 
 
 def _trainer_pid() -> int | None:
@@ -40,15 +40,15 @@ def _trainer_pid() -> int | None:
     return pid
 
 
-def _fired_marker() -> Path | None:
+def _fired_marker(step: int) -> Path | None:
     control = os.environ.get("JUSTRL_CONTROL_DIR")
-    return Path(control) / "fault-save-fired" if control else None
+    return Path(control) / f"fault-save-fired-{step}" if control else None
 
 
-def _die() -> None:
-    marker = _fired_marker()
+def _die(step: int) -> None:
+    marker = _fired_marker(step)
     if marker is not None:
-        marker.write_text(f"{PHASE} {STEP}\n")  # once per run: the resumed chunk trains that step again
+        marker.write_text(f"{PLAN[step]} {step}\n")  # once per run: the resumed trainer saves it whole
     pid = _trainer_pid()
     if pid:
         try:
@@ -62,16 +62,18 @@ def _install() -> None:
     import torch
 
     real_save = torch.save
-    step_dir = f"global_step_{STEP}"
     shard = re.compile(r"model_world_size_\d+_rank_0\.pt$")
+    step_dir = re.compile(r"global_step_(\d+)$")
 
     def save(obj, f, *args, **kwargs):  # type: ignore[no-untyped-def]
         path = str(f) if isinstance(f, (str, os.PathLike)) else ""
-        marker = _fired_marker()
-        if step_dir not in Path(path).parts or (marker is not None and marker.exists()):
+        steps = [int(m.group(1)) for part in Path(path).parts if (m := step_dir.match(part))]
+        step = steps[0] if steps else None
+        marker = _fired_marker(step) if step in PLAN else None
+        if step not in PLAN or (marker is not None and marker.exists()):
             return real_save(obj, f, *args, **kwargs)
-        name = Path(path).name
-        if (PHASE == "shard" and shard.search(name)) or (PHASE == "data-file" and name == "data.pt"):
+        phase, name = PLAN[step], Path(path).name
+        if (phase == "shard" and shard.search(name)) or (phase == "data-file" and name == "data.pt"):
             buf = io.BytesIO()
             real_save(obj, buf, *args, **kwargs)
             data = buf.getvalue()
@@ -79,14 +81,14 @@ def _install() -> None:
                 fh.write(data[: len(data) // 2])
                 fh.flush()
                 os.fsync(fh.fileno())
-            _die()
+            _die(step)
         result = real_save(obj, f, *args, **kwargs)
-        if PHASE == "tracker" and name == "data.pt":
-            _die()
+        if phase == "tracker" and name == "data.pt":
+            _die(step)
         return result
 
     torch.save = save
 
 
-if STEP and PHASE:
+if PLAN:
     _install()
