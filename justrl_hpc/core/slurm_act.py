@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from justrl_hpc.core.errors import UserError
 from justrl_hpc.core.slurm import _run
 
+# A requeue revokes the job's old credential on its nodes with one-second resolution: a launch in the same
+# second is refused ("Job credential revoked") and the job FAILS. Slurm's own ~120 s hold is this margin made
+# long; two seconds after the job shows PENDING are enough.
+REVOKE_MARGIN_S = 2.0
+
 
 def release_now(job_id: str) -> bool:
     """Make a requeued job eligible at once instead of after Slurm's ~120 s BeginTime hold."""

@@ -220,9 +220,11 @@ def wait_for(run_dir: Path, poll_s: float = 1.0, show_steps: bool = False, gone_
         if last_job:
             st = slurm.job_state(last_job)
             if st is not None and st.state == "PENDING" and st.reason == "BeginTime":
-                # Only once the chunk's own releaser had its chance (see release.py: credential revocation).
+                # Past the old credential's revocation (slurm_act.REVOKE_MARGIN_S), as the chunk's own releaser
+                # waits; under cgroups that releaser was ended with the job, and this is the only one. Both
+                # releasing is harmless. (A 5 s wait here was ~3 s of every requeue's gap.)
                 held_since = held_since or time.monotonic()
-                if time.monotonic() - held_since > 5:
+                if time.monotonic() - held_since > slurm_act.REVOKE_MARGIN_S:
                     readmit(ledger, last_job)
                     slurm_act.release_now(last_job)
             else:

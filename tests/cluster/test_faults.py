@@ -30,58 +30,102 @@ def start(args: list[str]) -> subprocess.Popen[str]:
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
-@pytest.mark.timeout(600)
-def test_sigterm_only_preemption_resumes_from_a_verified_checkpoint(devcluster, rehearsal_data, tmp_path):
-    """Clusters that preempt with SIGTERM alone (submitit ignores it).
-
-    The chunk asks for a save at once, but a Ray driver (verl's main_ppo) exits on SIGTERM
-    through Ray's own handler, so the steps since the last save are usually retrained: the guarantee here is
-    that the next chunk resumes from a verified checkpoint, not that the grace always saves.
-    """
-    run_dir = tmp_path / "sigterm"
-    out = run_launch(launch_args(rehearsal_data, run_dir, "--set", "recipe.save_freq=4", steps=30, time_limit=5),
-                     timeout=120)
-    assert out.returncode == 0, out.stderr
-    job = events(run_dir, "submitted")[0]["job_id"]
-    wait_for_event(run_dir, "step", timeout=240, step=10)
-    # What a SIGTERM-only preemption delivers to the job's steps before its grace ends in SIGKILL.
-    subprocess.run(["scancel", "--signal=TERM", str(job)], check=True)
-    stop = wait_for_event(run_dir, "stop-requested", timeout=60)
-    assert stop["reason"] == "sigterm"
-    exited = wait_for_event(run_dir, "trainer-exited", timeout=60)
-    assert exited["reason"] in ("stopped", "stopped-unlogged", "stopped-unsaved") and exited["last_saved"] >= 8, exited
-    subprocess.run(["scancel", str(job)], check=False)
-    deadline = time.monotonic() + 60
+def wait_until(find, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True).stdout.strip():
-            break
-        time.sleep(1)
-    # Nobody requeued it (a SIGTERM may be a cancel): the one command that continues the chain.
+        got = find()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} in {timeout} s")
+
+
+def in_chunk(run_dir, name: str, chunk: int, at_least: int = 0) -> dict | None:
+    return next((e for e in events(run_dir, name) if e.get("chunk") == chunk and e.get("step", 0) >= at_least), None)
+
+
+@pytest.mark.timeout(900)
+def test_an_outside_requeue_then_a_sigterm_only_preemption_each_resume_from_a_verified_save(
+        devcluster, rehearsal_data, tmp_path):
+    """Two preemptions of one run (each had a run of its own, ~4.5 min apiece of the fault suite).
+
+    1. An outside `scontrol requeue` (an admin, a preemption by requeue): Slurm signals every process of the
+       job and kills them KillWait later; the job comes back and resumes at or after the newest save of a
+       logged step.
+    2. Then a SIGTERM-only preemption (clusters that preempt with SIGTERM alone; submitit ignores it). The
+       chunk asks for a save at once, but a Ray driver (verl's main_ppo) exits on SIGTERM through Ray's own
+       handler, so the steps since the last save are usually retrained: the guarantee is that the next chunk
+       resumes from a verified checkpoint, not that the grace always saves. Nobody requeues (a SIGTERM may be
+       a cancel): `launch --resume` is the one command that continues the chain.
+    """
+    run_dir = tmp_path / "preempted"
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=4", steps=20,
+                             time_limit=5))
+    try:
+        wait_for_event(run_dir, "saved", timeout=240)
+        job = str(events(run_dir, "submitted")[0]["job_id"])
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        saved = wait_until(lambda: in_chunk(run_dir, "saved", 2), 300, "save in the requeued chunk")
+        # What a SIGTERM-only preemption delivers to the job's steps before its grace ends in SIGKILL.
+        subprocess.run(["scancel", "--signal=TERM", job], check=True)
+        stop = wait_until(lambda: in_chunk(run_dir, "stop-requested", 2), 60, "stop request")
+        assert stop["reason"] == "sigterm", stop
+        exited = wait_until(lambda: in_chunk(run_dir, "trainer-exited", 2), 60, "trainer exit")
+        assert exited["reason"] in ("stopped", "stopped-unlogged", "stopped-unsaved"), exited
+        assert exited["last_saved"] >= saved["step"], (exited, saved)
+        subprocess.run(["scancel", job], check=False)
+        wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                                              text=True).stdout.strip(), 60, "end of the cancelled job")
+    finally:
+        proc.kill()  # the waiting launcher a person would interrupt
+        proc.communicate(timeout=30)
     resume = run_launch([sys.executable, "-m", "justrl_hpc.launch", "--resume", str(run_dir), "--wait"], timeout=400)
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-2000:]
-    second = events(run_dir, "trainer-started")[1]
-    assert second["step"] == exited["last_saved"]
-    assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {exited["last_saved"]}  # see the requeue test
+    led = ledger(run_dir)
+    starts = events(run_dir, "started")
+    assert len(starts) == 3 and starts[1]["restart"] >= 1, starts
+    # The requeue signals every process of the job (cgroups) and kills them KillWait (5 s) later: the first
+    # chunk writes its own ending if it can, else the next one says how it ended (`chunk-lost`).
+    ended = [e for e in led if e.get("chunk") == 1 and e["event"] in ("trainer-exited", "chunk-lost")]
+    assert ended, [e["event"] for e in led]
+    # Nothing verified and logged is thrown away: the second chunk resumes at or after the first's newest
+    # save of a logged step (a save the killed driver never saw can be newer, found on disk).
+    logged = max(e["step"] for e in events(run_dir, "step") if e["chunk"] == 1)
+    kept = max((e["step"] for e in events(run_dir, "saved") if e["chunk"] == 1 and e["step"] <= logged), default=0)
+    second, third = events(run_dir, "trainer-started")[1:3]
+    assert second["step"] >= kept, (second, kept)
+    assert third["step"] == exited["last_saved"], (third, exited)
+    assert events(run_dir, "finished")[0]["step"] == 20
+    # Every step trained; one saved as a SIGTERM landed may miss its metrics: verl logs a step's metrics
+    # after its save, and a Ray driver exits on SIGTERM.
+    assert set(tb_steps(run_dir)) >= set(range(1, 21)) - {second["step"], third["step"]}
 
 
-@pytest.mark.timeout(600)
-def test_the_limits_sigterm_and_sigkill_as_the_chunk_requeues_still_leave_the_next_chunk(devcluster, rehearsal_data,
-                                                                                        tmp_path):
-    """Slurm ends a job at its limit with SIGTERM to every process of its steps, then SIGKILL KillWait later (5 s
-    on the dev cluster, 30 s by default). Delivered the moment the chunk has stopped for its pre-limit signal
-    (its `requeued` line), they find the requeue already issued, before the teardown: the next chunk runs
-    and the run finishes. (With the teardown first, the SIGKILL ended the job before its requeue.)"""
-    run_dir = tmp_path / "limit-kill"
+@pytest.mark.timeout(700)
+def test_preemptions_in_ray_bring_up_and_at_the_limit_as_the_chunk_requeues_still_leave_the_next_chunk(
+        devcluster, rehearsal_data, tmp_path):
+    """Two preemptions of one run (each had a run of its own, ~2 and ~4 min of the fault suite).
+
+    1. A USR2 preemption while the chunk brings Ray up: it requeues before training anything.
+    2. Slurm ends a job at its limit with SIGTERM to every process of its steps, then SIGKILL KillWait later
+       (5 s on the dev cluster, 30 s by default). Delivered the moment the chunk has stopped for its pre-limit
+       signal (its `requeued` line), they find the requeue already issued, before the teardown: the next chunk
+       runs and the run finishes. (With the teardown first, the SIGKILL ended the job before its requeue.)
+    """
+    run_dir = tmp_path / "preempted"
     proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=8, time_limit=5))
-    wait_for_event(run_dir, "step", timeout=300, step=3)
-    job = str(events(run_dir, "submitted")[0]["job_id"])
+    first = wait_for_event(run_dir, "started", timeout=120)
+    job = str(first["job_id"])
+    os.kill(int(first["pid"]), signal.SIGUSR2)  # what a USR2 preemption delivers
+    wait_until(lambda: in_chunk(run_dir, "requeued", 1), 120, "requeue of the first chunk")
+    wait_until(lambda: in_chunk(run_dir, "step", 2, at_least=3), 300, "third step in the second chunk")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the pre-limit signal
-    wait_for_event(run_dir, "requeued", timeout=120)
+    wait_until(lambda: in_chunk(run_dir, "requeued", 2), 120, "requeue of the second chunk")
 
     def limit(sig: str) -> None:
-        # The limit ends only the incarnation it belongs to: once requeued (Restarts=1), the job is another's.
+        # The limit ends only the incarnation it belongs to: once requeued again (Restarts=2), the job is another's.
         show = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
-        if " JobState=RUNNING " in f" {show} " and " Restarts=0 " in f" {show} ":
+        if " JobState=RUNNING " in f" {show} " and " Restarts=1 " in f" {show} ":
             subprocess.run(["scancel", "--full", f"--signal={sig}", job], check=False, timeout=10)
 
     limit("TERM")
@@ -89,7 +133,10 @@ def test_the_limits_sigterm_and_sigkill_as_the_chunk_requeues_still_leave_the_ne
     limit("KILL")
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
-    assert len(events(run_dir, "started")) >= 2
+    names = [e["event"] for e in ledger(run_dir)]
+    assert names.index("requeued") < names.index("finished")
+    assert job in out
+    assert len(events(run_dir, "started")) >= 3
     assert events(run_dir, "finished")[0]["step"] == 8
     assert sorted(set(tb_steps(run_dir))) == list(range(1, 9))
 
@@ -144,47 +191,6 @@ def test_kills_during_checkpoint_writes_are_never_resumed_from(devcluster, rehea
     assert sorted(set(tb_steps(run_dir))) == list(range(1, 15))
 
 
-@pytest.mark.timeout(600)
-def test_outside_requeue_is_a_preemption_that_resumes(devcluster, rehearsal_data, tmp_path):
-    run_dir = tmp_path / "requeue"
-    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=30, time_limit=5))
-    wait_for_event(run_dir, "saved", timeout=240)
-    job = events(run_dir, "submitted")[0]["job_id"]
-    subprocess.run(["scontrol", "requeue", str(job)], check=True)
-    out, _ = proc.communicate(timeout=560)
-    assert proc.returncode == 0, out[-4000:]
-    starts = events(run_dir, "started")
-    assert len(starts) >= 2 and starts[1]["restart"] >= 1
-    # The requeue signals every process of the job (cgroups) and kills them KillWait (5 s) later: the first
-    # chunk writes its own ending if it can, else the next one says how it ended (`chunk-lost`).
-    ended = [e for e in ledger(run_dir) if e.get("chunk") == 1 and e["event"] in ("trainer-exited", "chunk-lost")]
-    assert ended, [e["event"] for e in ledger(run_dir)]
-    # Nothing verified and logged is thrown away: the second chunk resumes at or after the first's newest
-    # save of a logged step (a save the killed driver never saw can be newer, found on disk).
-    logged = max(e["step"] for e in events(run_dir, "step") if e["chunk"] == 1)
-    kept = max((e["step"] for e in events(run_dir, "saved") if e["chunk"] == 1 and e["step"] <= logged), default=0)
-    second = events(run_dir, "trainer-started")[1]
-    assert second["step"] >= kept, (second, kept)
-    assert events(run_dir, "finished")[0]["step"] == 30
-    # Every step trained; the one saved as the SIGTERM landed may miss its metrics: verl
-    # log a step's metrics after its save, and a Ray driver exits on SIGTERM.
-    assert set(tb_steps(run_dir)) >= set(range(1, 31)) - {second["step"]}
-
-
-@pytest.mark.timeout(300)
-def test_preemption_during_ray_bring_up_requeues(devcluster, rehearsal_data, tmp_path):
-    run_dir = tmp_path / "early"
-    proc = start(launch_args(rehearsal_data, run_dir, "--wait", steps=6, time_limit=3))
-    wait_for_event(run_dir, "started", timeout=120)
-    job = events(run_dir, "submitted")[0]["job_id"]
-    os.kill(int(events(run_dir, "started")[0]["pid"]), signal.SIGUSR2)  # what a USR2 preemption delivers
-    out, _ = proc.communicate(timeout=280)
-    assert proc.returncode == 0, out[-3000:]
-    names = [e["event"] for e in ledger(run_dir)]
-    assert names.index("requeued") < names.index("finished")
-    assert str(job) in out
-
-
 @pytest.mark.timeout(420)
 def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tmp_path):
     """The checkpoints' filesystem fills up in the middle of a save (a real 5 MiB tmpfs: two rehearsal
@@ -194,7 +200,7 @@ def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tm
 
     run_dir = tmp_path / "diskfull"
     out = run_launch(launch_args(rehearsal_data, run_dir, "--create-only", "--set", "cluster.min_free_disk_gb=0",
-                                 steps=40, time_limit=5), timeout=120)
+                                 "--set", "recipe.save_freq=3", steps=12, time_limit=5), timeout=120)
     assert out.returncode == 0, out.stderr
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(exist_ok=True)
@@ -204,14 +210,14 @@ def test_checkpoint_disk_filling_up_during_a_save(devcluster, rehearsal_data, tm
                             timeout=380)
         assert resume.returncode == 1, resume.stdout[-3000:] + resume.stderr[-2000:]
         saved = [e["step"] for e in events(run_dir, "saved")]
-        assert saved[:2] == [10, 20] and 40 not in saved, saved
+        assert saved[:2] == [3, 6] and 12 not in saved, saved
         crashed = events(run_dir, "trainer-exited")[0]
         assert crashed["reason"] == "crashed-disk" and crashed["last_saved"] == saved[-1], crashed
         # The next chunk never trained from the torn save: it set it aside, then refused to train on a full disk.
         failed = events(run_dir, "failed")
         assert len(failed) == 1 and "GB free" in failed[0]["reason"] and "--resume" in failed[0]["reason"], failed
         skipped = events(run_dir, "checkpoint-skipped")
-        assert [e["step"] for e in skipped] == [30] and "torn" in skipped[0]["moved_to"], skipped
+        assert [e["step"] for e in skipped] == [9] and "torn" in skipped[0]["moved_to"], skipped
         assert len(events(run_dir, "trainer-started")) == 1
         for step in saved:
             if (ckpt / f"global_step_{step}").exists():
@@ -228,8 +234,9 @@ def test_node_lost_mid_chunk_requeues_and_resumes_from_the_last_good_save(devclu
     on the nodes left and resumes from the last verified save; every step is trained."""
     from justrl_hpc.dev.devcluster import cluster as dc
 
+    STEPS = 12
     run_dir = tmp_path / "nodeloss"
-    proc = start(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=4", steps=24,
+    proc = start(launch_args(rehearsal_data, run_dir, "--wait", "--set", "recipe.save_freq=4", steps=STEPS,
                              time_limit=10))
     lost_node = None
     try:
@@ -260,9 +267,9 @@ def test_node_lost_mid_chunk_requeues_and_resumes_from_the_last_good_save(devclu
     assert events(run_dir, "trainer-exited")[0]["reason"] == "crashed-node"
     resumed = events(run_dir, "trainer-started")[1]
     assert resumed["step"] == max(saved_before) >= 4, (resumed, saved_before)
-    assert events(run_dir, "finished")[0]["step"] == 24
-    assert set(tb_steps(run_dir)) >= set(range(1, 25))
-    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "24"
+    assert events(run_dir, "finished")[0]["step"] == STEPS
+    assert set(tb_steps(run_dir)) >= set(range(1, STEPS + 1))
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == str(STEPS)
     # The report names the lost chunk and what it threw away.
     rep = json.loads(run_launch([sys.executable, "-m", "justrl_hpc.cli", "report", str(run_dir), "--json"],
                                 timeout=60).stdout)

@@ -145,11 +145,11 @@ def snapshot_file(control: Path, mark: Mark) -> Path:
 
 
 def sweep(
-    found: list[tuple[psutil.Process, Mark]], segments: list[Path], temp_dirs: list[Path], grace_s: float = 5.0
+    found: list[tuple[psutil.Process, Mark]], segments: list[Path], temp_dirs: list[Path], grace_s: float = 1.0
 ) -> dict[str, object]:
     """End the processes, remove the segments and dirs; what was there, for the ledger."""
     kinds = Counter(kind_of(p) for p, _ in found)
-    kill_tree([p for p, _ in found], grace_s)  # SIGINT first: the chunk's children ignore SIGTERM
+    kill_tree([p for p, _ in found], grace_s)
     removed = 0
     for path in segments:
         try:
@@ -215,6 +215,6 @@ def at_end(current: Mark, control: Path) -> dict[str, object]:
     temp_dirs = [Path(t) for t in data.get("temp_dirs", [])] if data is not None else []
     # What is left after the orderly stops (Ray's client server outlives `ray stop`) needs no long grace,
     # and the chunk's tail is time the allocation pays for.
-    result = sweep(ours(current), segments, temp_dirs, grace_s=2.0)
+    result = sweep(ours(current), segments, temp_dirs)
     path.unlink(missing_ok=True)
     return result

@@ -13,8 +13,6 @@ import time
 from justrl_hpc.core import slurm, slurm_act
 from justrl_hpc.core.slurm_resources import RUN_MARK_ENV
 
-REVOKE_MARGIN_S = 2.0
-
 
 def release_when_pending(job_id: str, timeout_s: float = 180.0, poll_s: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout_s
@@ -22,10 +20,7 @@ def release_when_pending(job_id: str, timeout_s: float = 180.0, poll_s: float = 
         st = slurm.job_state(job_id)
         if st is not None and st.state == "PENDING":
             if st.reason == "BeginTime":
-                # The requeue revoked the job's old credential on its nodes, with one-second resolution: a new
-                # launch in the same second is refused ("Job credential revoked") and the job FAILS. Slurm's own
-                # ~120 s hold is this margin made long; two seconds are enough.
-                time.sleep(REVOKE_MARGIN_S)
+                time.sleep(slurm_act.REVOKE_MARGIN_S)  # the old credential's revocation (slurm_act)
                 return slurm_act.release_now(job_id)
             return True  # waiting for resources or a dependency: nothing to release
         time.sleep(poll_s)
