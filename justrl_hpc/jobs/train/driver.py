@@ -40,7 +40,7 @@ from justrl_hpc.jobs.train.nodes import clean_stale, put_code_first, ray_resourc
 from justrl_hpc.jobs.train.recovery import RESTART, Recovery
 from justrl_hpc.jobs.train.release import spawn_releaser
 from justrl_hpc.jobs.train.signals import ignore_limit_signal, requeue_signal
-from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit, start_trainer
+from justrl_hpc.jobs.train.trainer_process import TrainerProcess, classify_exit
 
 POLL_S = 0.5
 TRACKER_FINISH_S = 10.0  # how long a stop waits for W&B to end its run (wandb.finish takes ~1 s offline)
@@ -60,7 +60,6 @@ class Driver(Recovery):
         self.first_chunk = not any(e.get("event") == "trainer-started" for e in events)
         self.target = self.resolved.recipe.total_training_steps
         self.trainer: TrainerProcess | None = None
-        self.warm: TrainerProcess | None = None  # the trainer process importing verl while Ray comes up
         self._exit_recorded: TrainerProcess | None = None  # the trainer whose trainer-exited is in the ledger
         self.head: ray_cluster.RayHead | None = None
         self.agent: subprocess.Popen[bytes] | None = None
@@ -191,9 +190,6 @@ class Driver(Recovery):
         t0 = time.time()
         cpus, gpus = ray_resources(res)
         put_code_first(info.run_dir)
-        self.warm = TrainerProcess.warm(trainer_command(res, info.run_dir, ChunkContext())[2], info.control /
-                                        f"trainer-go-{info.job_id}-{info.restart}.json", info.paths.trainer_log,
-                                        info.paths.checkpoints, dict(os.environ), cwd=info.paths.logs)
         try:
             self.head = ray_cluster.start_head(
                 info.job_id,
@@ -260,9 +256,11 @@ class Driver(Recovery):
             env[DEADLINE_ENV] = str(int(self.end_time))
         cmd = trainer_command(res, info.run_dir, chunk_ctx)
         cmd[0] = sys.executable
-        self.trainer = start_trainer(self.warm, cmd, info.paths.trainer_log, ckpt_dir, env, cwd=info.paths.logs)
-        self.warm, self.trainer_started_at = None, time.time()
+        self.trainer = TrainerProcess(cmd, info.paths.trainer_log, ckpt_dir, env,
+                                      cwd=info.paths.logs)
+        self.trainer_started_at = time.time()
         self.step_times, self.hang_dumped = [], False
+        self.trainer.start()
         self.event("trainer-started", step=self.start_step, pid=self.trainer.pid,
                    seconds_since_start=round(time.time() - t0, 1))
         return self._supervise()
@@ -574,9 +572,8 @@ class Driver(Recovery):
         return "requeued"
 
     def _teardown(self) -> None:
-        for proc in (self.trainer, self.warm):
-            if proc is not None and proc.poll() is None:
-                proc.stop()
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.trainer.stop()
         try:
             self.info.done_file.parent.mkdir(parents=True, exist_ok=True)
             self.info.done_file.touch()

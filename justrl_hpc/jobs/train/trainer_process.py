@@ -7,12 +7,10 @@ timing_s/step:…`, verl's console logger), verl's tracker file, and its exit st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,6 @@ from justrl_hpc.jobs.train.signals import shield_from_slurm_signals
 # A training step's console line; validation lines carry no timing_s/step and are not steps.
 STEP_LINE = re.compile(r"\bstep:(\d+) - .*\btiming_s/step:")
 TRACKER = "latest_checkpointed_iteration.txt"
-WARM_MAIN = "justrl_hpc.jobs.train.in_worker.warm_main"
 
 # Slurm's own words for what it did to a step, as slurmstepd and srun write them to the job's stderr files
 # (jobs/train/slurm_log.py reads them there): the cgroup OOM killer's count (cgroup v1 `oom-kill event(s) in
@@ -112,37 +109,6 @@ class TrainerProcess:
         log.close()
         self.started_at = time.time()
 
-    @classmethod
-    def warm(cls, module: str, go_file: Path, log_path: Path, ckpt_dir: Path, env: dict[str, str],
-             cwd: Path | None = None) -> TrainerProcess:
-        """A trainer process that imports `module` now and runs it once go() hands it its command
-        (in_worker/warm_main.py): the chunk starts it as Ray comes up, so verl's imports overlap Ray's."""
-        go_file.unlink(missing_ok=True)
-        proc = cls([sys.executable, "-m", WARM_MAIN, str(go_file), module], log_path, ckpt_dir, env, cwd)
-        proc.start()
-        return proc
-
-    def waiting_for(self) -> str | None:
-        """The module a warm process waits to run; None once it runs (or was never warm) or has ended."""
-        if self.command[2:3] != [WARM_MAIN] or self.poll() is not None:
-            return None
-        return self.command[-1]
-
-    def go(self, command: list[str], env: dict[str, str]) -> None:
-        """Hand a waiting warm process its trainer command (`python -m MODULE ARGS...`) and environment."""
-        go_file = Path(self.command[-2])
-        try:
-            self._run_start = self.log_path.stat().st_size  # the crash tail is the trainer's, not the warm-up's
-        except OSError:
-            pass
-        with open(self.log_path, "ab") as log:
-            log.write(f"===== trainer start {time.strftime('%Y-%m-%dT%H:%M:%S')} (imports done ahead): "
-                      f"{' '.join(command)}\n".encode())
-        tmp = go_file.with_name(go_file.name + ".tmp")
-        tmp.write_text(json.dumps({"args": command[3:], "env": env}))
-        os.replace(tmp, go_file)  # whole or absent: the waiting process never reads half a command
-        self.command, self.env, self.started_at = command, env, time.time()
-
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -201,20 +167,6 @@ class TrainerProcess:
                 return fh.read().decode(errors="replace")
         except OSError:
             return ""
-
-
-def start_trainer(warm: TrainerProcess | None, command: list[str], log_path: Path, ckpt_dir: Path,
-                  env: dict[str, str], cwd: Path | None = None) -> TrainerProcess:
-    """The chunk's trainer: its warm process, handed the command, when that is alive and waiting to run the
-    same module; else (none, it died, another module) a fresh process as before."""
-    if warm is not None and command[1:2] == ["-m"] and warm.waiting_for() == command[2]:
-        warm.go(command, env)
-        return warm
-    if warm is not None:
-        warm.stop(grace_s=2.0)
-    trainer = TrainerProcess(command, log_path, ckpt_dir, env, cwd=cwd)
-    trainer.start()
-    return trainer
 
 
 def classify_exit(code: int | None, reached_target: bool, log_tail: str, slurm_said: str = "") -> str:
