@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The fault-injection suite on the dev cluster (about 40 minutes on 2 cores): trainer kill -9 at random points
-# and mid-save, a node lost mid-chunk, SIGTERM-only preemption, preemption during Ray bring-up, an outside
-# requeue, the checkpoint disk filling up, a limit signal during teardown, a trainer that crashes at start,
-# orphans of a killed incarnation on the nodes; and the long runs (tests marked long: rehearse with its daemon,
-# the daemon as a Slurm job chain across its time limits). Installs what is missing first.
+# The fault-injection suite on the dev cluster (48 minutes on 2 cores, 2026-12-08): trainer kill -9 mid-run
+# and inside verl's saves, a hang's stacks, a node lost mid-chunk, an outside requeue then a SIGTERM-only
+# preemption, a preemption during Ray bring-up then the limit's SIGTERM/SIGKILL, the checkpoint disk filling
+# up, a trainer that crashes at start, orphans of a killed incarnation on the nodes; and the long runs (tests
+# marked long: rehearse with its daemon, a limit signal during its last teardown). Installs what is missing.
 # JUSTRL_FAULT_SEEDS=1,2,3 repeats the random ones with more seeds; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -275,32 +275,6 @@ def test_launches_racing_at_one_instant_submit_one_job(devcluster, rehearsal_dat
         subprocess.run(["scancel", *jobs], check=False)
 
 
-@pytest.mark.fault
-@pytest.mark.timeout(300)
-def test_limit_signal_during_the_last_chunks_teardown_is_ignored(devcluster, rehearsal_data, tmp_path):
-    """The run finishes close to the chunk's limit: Slurm's pre-limit USR2 lands while the chunk tears Ray
-    down. It is ignored; the teardown completes (no Ray left behind) and the job ends COMPLETED."""
-    from justrl_hpc.core import slurm
-
-    run_dir = tmp_path / "late"
-    proc = subprocess.Popen(launch_args(rehearsal_data, run_dir, "--wait", steps=6, time_limit=5),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    wait_for_event(run_dir, "finished", timeout=240)
-    job = str(events(run_dir, "submitted")[0]["job_id"])
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what the limit's --signal delivers
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    deadline = time.monotonic() + 60
-    while (st := slurm.job_state(job)) is not None and st.active and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert st is not None and st.state == "COMPLETED", st
-    log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.*"))
-    assert "SIGUSR2 is ignored from now on" in log and "UncompletedJobError" not in log
-    left = subprocess.run(["pgrep", "-f", f"justrl-ray-{job}-"], capture_output=True, text=True).stdout.split()
-    assert left == [], f"Ray processes left behind: {left}"
-
-
 @pytest.mark.timeout(200)
 def test_a_chunk_without_room_for_the_next_checkpoint_stops_and_says_so(devcluster, rehearsal_data, tmp_path):
     """The disk fills between launch and a chunk: the chunk checks again before training, and stops."""
