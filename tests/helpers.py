@@ -88,12 +88,14 @@ def final_state(job_id: str, timeout: float) -> str | None:
     return last
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition", poll_s: float = 0.05) -> Any:
+    """The predicate's first truthy value (an event found, a flag), polled until `timeout`."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (got := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout:g} s")
-        time.sleep(0.05)
+        time.sleep(poll_s)
+    return got
 
 
 class Hook:

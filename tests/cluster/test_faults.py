@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, events, launch_args, ledger, run_launch, tb_steps, wait_for_event
+from helpers import REPO, events, launch_args, ledger, run_launch, tb_steps, wait_for, wait_for_event
 
 from justrl_hpc.dev.soak.inject import job_processes as _job_processes
 
@@ -28,16 +28,6 @@ SEEDS = [int(s) for s in os.environ.get("JUSTRL_FAULT_SEEDS", "1").split(",")]
 def start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-
-
-def wait_until(find, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = find()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} in {timeout} s")
 
 
 def in_chunk(run_dir, name: str, chunk: int, at_least: int = 0) -> dict | None:
@@ -65,17 +55,17 @@ def test_an_outside_requeue_then_a_sigterm_only_preemption_each_resume_from_a_ve
         wait_for_event(run_dir, "saved", timeout=240)
         job = str(events(run_dir, "submitted")[0]["job_id"])
         subprocess.run(["scontrol", "requeue", job], check=True)
-        saved = wait_until(lambda: in_chunk(run_dir, "saved", 2), 300, "save in the requeued chunk")
+        saved = wait_for(lambda: in_chunk(run_dir, "saved", 2), 300, "save in the requeued chunk", poll_s=0.5)
         # What a SIGTERM-only preemption delivers to the job's steps before its grace ends in SIGKILL.
         subprocess.run(["scancel", "--signal=TERM", job], check=True)
-        stop = wait_until(lambda: in_chunk(run_dir, "stop-requested", 2), 60, "stop request")
+        stop = wait_for(lambda: in_chunk(run_dir, "stop-requested", 2), 60, "stop request", poll_s=0.5)
         assert stop["reason"] == "sigterm", stop
-        exited = wait_until(lambda: in_chunk(run_dir, "trainer-exited", 2), 60, "trainer exit")
+        exited = wait_for(lambda: in_chunk(run_dir, "trainer-exited", 2), 60, "trainer exit", poll_s=0.5)
         assert exited["reason"] in ("stopped", "stopped-unlogged", "stopped-unsaved"), exited
         assert exited["last_saved"] >= saved["step"], (exited, saved)
         subprocess.run(["scancel", job], check=False)
-        wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
-                                              text=True).stdout.strip(), 60, "end of the cancelled job")
+        wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
+                 60, "end of the cancelled job", poll_s=0.5)
     finally:
         proc.kill()  # the waiting launcher a person would interrupt
         proc.communicate(timeout=30)
@@ -117,10 +107,10 @@ def test_preemptions_in_ray_bring_up_and_at_the_limit_as_the_chunk_requeues_stil
     first = wait_for_event(run_dir, "started", timeout=120)
     job = str(first["job_id"])
     os.kill(int(first["pid"]), signal.SIGUSR2)  # what a USR2 preemption delivers
-    wait_until(lambda: in_chunk(run_dir, "requeued", 1), 120, "requeue of the first chunk")
-    wait_until(lambda: in_chunk(run_dir, "step", 2, at_least=3), 300, "third step in the second chunk")
+    wait_for(lambda: in_chunk(run_dir, "requeued", 1), 120, "requeue of the first chunk", poll_s=0.5)
+    wait_for(lambda: in_chunk(run_dir, "step", 2, at_least=3), 300, "third step in the second chunk", poll_s=0.5)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the pre-limit signal
-    wait_until(lambda: in_chunk(run_dir, "requeued", 2), 120, "requeue of the second chunk")
+    wait_for(lambda: in_chunk(run_dir, "requeued", 2), 120, "requeue of the second chunk", poll_s=0.5)
 
     def limit(sig: str) -> None:
         # The limit ends only the incarnation it belongs to: once requeued again (Restarts=2), the job is another's.

@@ -19,7 +19,15 @@ from collections import Counter
 
 import psutil
 import pytest
-from helpers import REPO, assert_one_wandb_run, events, launch_args, stop_each_chunk_after, wait_for_event
+from helpers import (
+    REPO,
+    assert_one_wandb_run,
+    events,
+    final_state,
+    launch_args,
+    stop_each_chunk_after,
+    wait_for_event,
+)
 
 from justrl_hpc.core import slurm
 from justrl_hpc.core.recipe import tracker_run_id
@@ -55,11 +63,7 @@ def test_rehearse_watches_its_run_with_the_daemon_and_stops_it_at_the_end(devclu
             proc.kill()
     said = said_file.read_text()
     assert proc.returncode == 0, said[-6000:]
-    st = None
-    deadline = time.monotonic() + 60
-    while (st := slurm.job_state(job)) is not None and st.active and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert st is not None and st.state == "COMPLETED", st
+    assert final_state(job, timeout=60) == "COMPLETED"
     log = "\n".join(p.read_text() for p in (run_dir / "logs" / "submitit").rglob("*_log.*"))
     assert "SIGUSR2 is ignored from now on" in log and "UncompletedJobError" not in log
     left = subprocess.run(["pgrep", "-f", f"justrl-ray-{job}-"], capture_output=True, text=True).stdout.split()
